@@ -1,0 +1,73 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from adlab.data.synthetic import SYNTHETIC_CATEGORIES, generate_category
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding every synthetic category at 32x32: 16 train, 4 good + 2 per defect test."""
+    root = tmp_path_factory.mktemp("synthetic")
+    for category in SYNTHETIC_CATEGORIES:
+        generate_category(
+            root, category, image_size=32, n_train=16, n_test_good=4, n_test_per_defect=2
+        )
+    return root
+
+
+# ---------------------------------------------------------------- Hydra composition for run tests
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+# generator parameters of the fixtures above / below (must match, or the datamodule refuses)
+TINY_GEN = {"gen_image_size": 32, "n_train": 16, "n_test_good": 4, "n_test_per_defect": 2}
+DETECT_GEN = {"gen_image_size": 64, "n_train": 48, "n_test_good": 12, "n_test_per_defect": 4}
+
+
+@pytest.fixture(scope="session")
+def detect_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic ``weave`` and ``disc`` at 64 px: enough test images for a meaningful AUROC."""
+    root = tmp_path_factory.mktemp("synthetic_detect")
+    gen = {k.removeprefix("gen_"): v for k, v in DETECT_GEN.items()}
+    for category in ("weave", "disc"):
+        generate_category(root, category, seed=0, **gen)
+    return root
+
+
+def compose_train(
+    tmp_path: Path,
+    data_root: Path,
+    overrides: list[str],
+    gen: dict[str, int] | None = None,
+) -> DictConfig:
+    """Compose ``train.yaml`` like the CLI would, with every path under ``tmp_path``.
+
+    Args:
+        tmp_path: run dir, results table and logs go below it.
+        data_root: an already generated synthetic root.
+        overrides: Hydra overrides, e.g. ``["model=autoencoder", "trainer=smoke"]``.
+        gen: generator parameters of ``data_root`` (default: the tiny fixture's).
+    """
+    gen = TINY_GEN if gen is None else gen
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.results_csv = str(tmp_path / "results.csv")
+        cfg.dataset.root = str(data_root)
+        if cfg.dataset.name == "synthetic":
+            for key, value in gen.items():
+                cfg.dataset[key] = value
+            cfg.dataset.image_size = gen["gen_image_size"]
+        cfg.dataset.num_workers = 0
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.id = "0"
+    return cfg
