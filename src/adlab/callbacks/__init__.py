@@ -1,0 +1,1 @@
+"""Lightning callbacks: results table and sample visualisations."""

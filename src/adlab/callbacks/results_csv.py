@@ -1,0 +1,68 @@
+"""Lightning callback that writes the run's results row (see :mod:`adlab.results`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+from adlab.results import RENAMED, atomic_write_csv, ordered, upsert_rows
+
+
+class ResultsCSV(Callback):
+    """After ``trainer.test``: write ``<run_dir>/results.csv`` and upsert into the shared table.
+
+    Args:
+        run_dir: this run's output directory.
+        shared_csv: the shared results table.
+        model: model name (config group choice), dataset: dataset name, category: category.
+        seed: the run's seed, recorded in the row.
+    """
+
+    def __init__(
+        self, run_dir: str, shared_csv: str, model: str, dataset: str, category: str, seed: int = 0
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.shared_csv = Path(shared_csv)
+        self.key = {"model": model, "dataset": dataset, "category": str(category)}
+        self.seed = seed
+        self.train_seconds = math.nan
+        self.epochs: int | None = None
+        self.ckpt_path = ""
+        self._t0 = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.train_seconds = time.perf_counter() - self._t0
+
+    def build_row(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
+        """The run's row: key, category type, metrics, thresholds and bookkeeping."""
+        results = {RENAMED.get(k, k): v for k, v in pl_module.test_results.items()}
+        datamodule = trainer.datamodule
+        return {
+            **self.key,
+            "category_type": getattr(datamodule, "category_type", ""),
+            **results,
+            "threshold_source": pl_module.threshold_source,
+            "epochs": trainer.current_epoch if self.epochs is None else self.epochs,
+            "global_step": trainer.global_step,
+            "train_seconds": self.train_seconds,
+            "seed": self.seed,
+            "ckpt_path": self.ckpt_path,
+            "run_dir": str(self.run_dir),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        row = self.build_row(trainer, pl_module)
+        atomic_write_csv(ordered(pd.DataFrame([row])), self.run_dir / "results.csv")
+        upsert_rows(self.shared_csv, [row])

@@ -1,0 +1,1 @@
+"""Task functions behind ``train.py`` and ``predict.py``."""

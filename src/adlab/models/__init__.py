@@ -1,0 +1,1 @@
+"""Anomaly detection methods; each subpackage holds one."""

@@ -1,0 +1,87 @@
+"""The results table: one row per (model, dataset, category), safe under parallel writers.
+
+The shared table (``paths.results_csv``, default ``outputs/results.csv``) keeps the last run of a
+category. Writes hold a file lock and replace the file atomically, so parallel multirun jobs never
+lose or tear a row. No torch import here: the table tools stay light.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from filelock import FileLock
+
+KEY = ("model", "dataset", "category")
+LEADING = (*KEY, "category_type", "img_auc", "pixel_auc")
+# names in AnomalyModule.test_results -> results columns
+RENAMED = {"img_auroc": "img_auc", "pixel_auroc": "pixel_auc"}
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a results table; a missing file is an empty table. A corrupt one is an error."""
+    if not path.exists():
+        return pd.DataFrame(columns=list(LEADING))
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"results table {path} is not a readable CSV ({err}); move it away"
+        ) from err
+
+
+def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    rest = [c for c in frame.columns if c not in LEADING]
+    return frame[[*LEADING, *rest]]
+
+
+def upsert_rows(path: Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Insert or replace ``rows`` (keyed by model, dataset, category) in the table at ``path``."""
+    new = pd.DataFrame(list(rows))
+    missing = [k for k in KEY if k not in new.columns]
+    if missing:
+        raise ValueError(f"results rows need the key columns {KEY}; missing {missing}")
+    for col in LEADING:
+        new[col] = new.get(col, math.nan)
+    with FileLock(str(path) + ".lock", timeout=120):
+        table = read_table(path)
+        if not table.empty:
+            keys = table[list(KEY)].astype(str).agg("|".join, axis=1)
+            new_keys = set(new[list(KEY)].astype(str).agg("|".join, axis=1))
+            table = table[~keys.isin(new_keys)]
+        frames = [f for f in (table, new) if not f.empty]
+        merged = ordered(pd.concat(frames, ignore_index=True))
+        atomic_write_csv(merged, path)
+    return merged
+
+
+def has_row(path: Path, model: str, dataset: str, category: str) -> bool:
+    """Whether the table at ``path`` already holds ``(model, dataset, category)``."""
+    with FileLock(str(path) + ".lock", timeout=120):
+        table = read_table(path)
+    if table.empty:
+        return False
+    match = (
+        (table["model"].astype(str) == model)
+        & (table["dataset"].astype(str) == dataset)
+        & (table["category"].astype(str) == str(category))
+    )
+    return bool(match.any())
