@@ -1,0 +1,28 @@
+"""Every ``configs/model/*.yaml`` trains and tests end to end at its smoke size, and detects the
+built-in synthetic defects: ``configs/smoke/<m>.yaml`` sets the sizes (and may set
+``smoke_min_img_auroc``, default 0.75). New methods are covered without editing this file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import DETECT_GEN, MODEL_CONFIGS, compose_train
+from hydra.core.hydra_config import HydraConfig
+
+from adlab.cli import train
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_model_trains_tests_and_detects(model: str, tmp_path: Path, detect_root: Path) -> None:
+    cfg = compose_train(
+        tmp_path, detect_root, [f"model={model}", "trainer=smoke", f"+smoke={model}"], DETECT_GEN
+    )
+    HydraConfig().set_config(cfg)
+    results = train.run(cfg)
+    table = pd.read_csv(cfg.paths.results_csv)
+    assert len(table) == 1 and table.iloc[0].model == model
+    assert table.iloc[0].category == "weave"
+    minimum = cfg.get("smoke_min_img_auroc", 0.75)
+    assert results["img_auroc"] >= minimum, f"{model}: img_auroc {results['img_auroc']:.3f}"
