@@ -1,0 +1,25 @@
+"""Shared diffusion stack: beta schedules, scheduler, UNet and partial-diffusion sampling."""
+
+from adlab.diffusion.sampling import ConditionFn, EpsModel, reconstruct
+from adlab.diffusion.scheduler import DiffusionScheduler
+from adlab.diffusion.schedules import (
+    BETA_SCHEDULES,
+    cosine_beta_schedule,
+    get_beta_schedule,
+    linear_beta_schedule,
+)
+from adlab.diffusion.unet import UNET_PRESETS, UNet, timestep_embedding
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "UNET_PRESETS",
+    "ConditionFn",
+    "DiffusionScheduler",
+    "EpsModel",
+    "UNet",
+    "cosine_beta_schedule",
+    "get_beta_schedule",
+    "linear_beta_schedule",
+    "reconstruct",
+    "timestep_embedding",
+]

@@ -1,0 +1,73 @@
+"""Partial-diffusion reconstruction: noise an image to an intermediate step and denoise it back.
+
+Shared by AnoDDPM (Wyatt et al. 2022: ancestral DDPM from lambda, simplex noise), DDAD
+(Mousakhan et al. 2023: DDIM with a conditioning hook) and reconstruction with a pretrained DDPM.
+"""
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from adlab.diffusion.scheduler import DiffusionScheduler
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+"""``eps_model(x_t (B, C, H, W), t (B,) long) -> eps (B, C, H, W)``, e.g. ``UNet``."""
+
+ConditionFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``condition(x_t, t, eps, x0_hat) -> eps``: adjusts the predicted noise before each step."""
+
+
+def reconstruct(
+    x: Tensor,
+    t_start: int,
+    unet: EpsModel,
+    scheduler: DiffusionScheduler,
+    num_steps: int | None = None,
+    kind: Literal["ddim", "ddpm"] = "ddim",
+    eta: float = 0.0,
+    condition: ConditionFn | None = None,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = True,
+) -> Tensor:
+    """Reconstruct ``x`` by partial diffusion to ``t_start`` and reverse denoising.
+
+    1. ``x_lambda = add_noise(x, noise_fn(x, t_start - 1), t_start - 1)``, i.e. after lambda =
+       ``t_start`` forward steps (AnoDDPM: "noise added at index lambda - 1").
+    2. For the decreasing subsequence ``scheduler.set_timesteps(num_steps, t_start)`` and then
+       index -1: ``eps = unet(x_t, t)``, optionally ``eps = condition(x_t, t, eps, x0_hat)`` with
+       the unclipped ``x0_hat = predict_x0(x_t, t, eps)``, and ``x_t = scheduler.step(...)``.
+
+    Gradients flow if enabled; wrap the call in ``torch.no_grad()`` for inference.
+
+    Args:
+        x: ``(B, C, H, W)`` images in [-1, 1].
+        t_start: Number of forward steps lambda in ``0 .. T``; 0 returns ``x`` unchanged.
+        unet: Noise predictor ``(x_t, t) -> eps``.
+        scheduler: Schedule, step rule and ``noise_fn`` (Gaussian or simplex).
+        num_steps: Network evaluations (DDIM skipping); None = all ``t_start`` steps. ``"ddpm"``
+            needs all steps.
+        kind: ``"ddim"`` (Song et al. 2021) or ``"ddpm"`` ancestral steps (Ho et al. 2020).
+        eta: DDIM stochasticity (0 deterministic; 1 = DDPM posterior variance, as in DDAD).
+        condition: Optional hook, e.g. DDAD's ``eps - w sqrt(1 - abar_t) (y_t - x_t)``.
+        generator: Optional ``torch.Generator`` for the forward noise and stochastic steps.
+        clip_x0: Clamp x0_hat to [-1, 1] in every step (guided-diffusion, AnoDDPM; DDAD: False).
+
+    Returns:
+        ``(B, C, H, W)`` reconstruction x0_hat.
+    """
+    if t_start == 0:
+        return x.clone()
+    timesteps = scheduler.set_timesteps(num_steps or t_start, t_start).tolist()
+    t = torch.full((x.shape[0],), t_start - 1, device=x.device, dtype=torch.long)
+    x_t = scheduler.add_noise(x, scheduler.sample_noise(x, t, generator), t)
+    for t_cur, t_prev in zip(timesteps, timesteps[1:] + [-1], strict=True):
+        t = torch.full_like(t, t_cur)
+        eps = unet(x_t, t)
+        if condition is not None:
+            eps = condition(x_t, t, eps, scheduler.predict_x0(x_t, t, eps))
+        x_t = scheduler.step(
+            eps, t, x_t, t_prev=t_prev, eta=eta, kind=kind, clip_x0=clip_x0, generator=generator
+        )
+    return x_t

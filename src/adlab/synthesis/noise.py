@@ -1,0 +1,232 @@
+"""Noise generators for diffusion and anomaly synthesis (Gaussian, multi-octave simplex).
+
+Every generator that the diffusion scheduler uses follows ``NoiseFn``:
+``noise_fn(like, t, generator) -> Tensor`` with the shape, device and dtype of ``like``. Spatial
+noise for synthetic anomalies (Perlin for DRAEM) belongs in this file too, named
+``perlin_noise_2d`` / ``PerlinNoise`` alongside ``simplex_noise_3d`` / ``SimplexNoise``.
+
+The simplex kernel is the 3D simplex noise of Perlin (2001) in the formulation of S. Gustavson,
+"Simplex noise demystified" (2005): skew to the simplicial lattice, 4 corner contributions
+``max(0, 0.6 - |d|^2)^4 <g, d>`` with 12 edge gradients, scaled by 32. AnoDDPM (Wyatt et al.
+2022) uses OpenSimplex instead; both are smooth gradient noises with the same role. Everything is
+vectorised over ``(B * C)`` maps with one random permutation table per map (no Python loops over
+pixels), so each sample and channel gets its own noise, which the official code does not (it
+repeats one map over the batch).
+"""
+
+from typing import Protocol
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+_F3 = 1.0 / 3.0  # skew factor (sqrt(4) - 1) / 3
+_G3 = 1.0 / 6.0  # unskew factor (1 - 1 / sqrt(4)) / 3
+# Standard deviation of one octave of ``simplex_noise_3d`` at random positions, measured over
+# 2**22 samples with random permutations (four seeds agree within 0.1%); normalises octave sums.
+SIMPLEX_STD = 0.4255
+
+
+class NoiseFn(Protocol):
+    """Noise used by the forward process and ancestral sampling steps."""
+
+    def __call__(
+        self, like: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw noise.
+
+        Args:
+            like: ``(B, C, H, W)`` tensor whose shape, device and dtype the noise takes.
+            t: ``(B,)`` long diffusion timestep indices, or ``None`` (ignored by some noises).
+            generator: Optional ``torch.Generator`` for reproducible draws.
+
+        Returns:
+            ``(B, C, H, W)`` noise with zero mean and unit variance.
+        """
+        ...
+
+
+def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) float32 on ``like``'s device, drawn on the generator's device for reproducibility."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device).to(like.device)
+
+
+def gaussian_noise(
+    like: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """White Gaussian noise eps ~ N(0, I) (Ho et al. 2020, eq. 4); a ``NoiseFn``.
+
+    Args:
+        like: Tensor of any shape; the noise copies its shape, device and dtype.
+        t: Ignored (kept for the ``NoiseFn`` signature).
+        generator: Optional ``torch.Generator``.
+
+    Returns:
+        Noise shaped like ``like``.
+    """
+    device = generator.device if generator is not None else like.device
+    eps = torch.randn(like.shape, generator=generator, device=device)
+    return eps.to(device=like.device, dtype=like.dtype)
+
+
+def random_permutations(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One random permutation of 0..255 per noise map, doubled to avoid index wrapping.
+
+    Returns:
+        ``(n, 512)`` long tensor on ``like``'s device.
+    """
+    perm = torch.argsort(_uniform((n, 256), like, generator), dim=1)
+    return torch.cat([perm, perm], dim=1)
+
+
+def _gradient_dot(h: Tensor, dx: Tensor, dy: Tensor, dz: Tensor) -> Tensor:
+    """Dot product of offset ``d`` with gradient ``h`` in 0..11 of the 12 cube-edge midpoints.
+
+    Gradients (Gustavson 2005): 0-3 ``(+-1, +-1, 0)``, 4-7 ``(+-1, 0, +-1)``, 8-11
+    ``(0, +-1, +-1)``; bit 0 flips the first non-zero component, bit 1 the second.
+    """
+    u = torch.where(h < 8, dx, dy)
+    v = torch.where(h < 4, dy, dz)
+    return torch.where(h & 1 == 1, -u, u) + torch.where(h & 2 == 2, -v, v)
+
+
+def simplex_noise_3d(x: Tensor, y: Tensor, z: Tensor, perm: Tensor) -> Tensor:
+    """3D simplex noise S(x, y, z) (Gustavson 2005), one permutation table per row.
+
+    Args:
+        x: ``(N, P)`` float coordinates in lattice units (one row per noise map); ``x``, ``y``
+            and ``z`` may be any shapes that broadcast to ``(N, P)``.
+        y: ``(N, P)``.
+        z: ``(N, P)``.
+        perm: ``(N, 512)`` long permutation tables from ``random_permutations``.
+
+    Returns:
+        ``(N, P)`` noise in about [-1, 1] with std ``SIMPLEX_STD`` and feature size ~1.
+    """
+    x, y, z = (c.float() for c in torch.broadcast_tensors(x, y, z))
+    s = (x + y + z) * _F3  # skew to the simplicial lattice
+    i, j, k = torch.floor(x + s), torch.floor(y + s), torch.floor(z + s)
+    t = (i + j + k) * _G3  # unskew the cell origin
+    x0, y0, z0 = x - i + t, y - j + t, z - k + t
+    # Rank the offsets to find which of the 6 tetrahedra holds the point.
+    gx, gy, gz = x0 >= y0, y0 >= z0, z0 >= x0
+    second = tuple(c.long() for c in (gx & ~gz, gy & ~gx, gz & ~gy))
+    third = tuple(c.long() for c in (gx | ~gz, gy | ~gx, gz | ~gy))
+    ii, jj, kk = (c.long() & 255 for c in (i, j, k))
+    noise = torch.zeros_like(x)
+    for n, (a, b, c) in enumerate([(0, 0, 0), second, third, (1, 1, 1)]):
+        dx, dy, dz = x0 - a + n * _G3, y0 - b + n * _G3, z0 - c + n * _G3
+        h = perm.gather(1, kk + c)
+        h = perm.gather(1, jj + b + h)
+        h = perm.gather(1, ii + a + h) % 12
+        weight = (0.6 - dx * dx - dy * dy - dz * dz).clamp(min=0) ** 4
+        noise += weight * _gradient_dot(h, dx, dy, dz)
+    return 32.0 * noise
+
+
+def simplex_octave_noise(
+    perm: Tensor,
+    offsets: Tensor,
+    size: tuple[int, int],
+    z: Tensor,
+    octaves: int,
+    persistence: float,
+    frequency: float,
+) -> Tensor:
+    """Multi-octave (fractal) simplex noise over a pixel grid (AnoDDPM, Wyatt et al. 2022, sec. 3).
+
+    ``n(x, y) = sum_{k < octaves} p^k S(x / f_k + o_k, y / f_k + o_k, z / f_k + o_k)`` with
+    ``f_k = frequency / 2^k`` (the feature size of octave k in pixels) and per-map, per-octave
+    random offsets ``o_k``.
+
+    Args:
+        perm: ``(N, 512)`` permutation tables, one per map.
+        offsets: ``(octaves, N, 3)`` lattice offsets.
+        size: ``(H, W)``.
+        z: ``(N, 1)`` third coordinate (the diffusion timestep) in pixel units.
+        octaves: Number of octaves.
+        persistence: Amplitude ratio p between successive octaves.
+        frequency: Feature size f of the first octave in pixels.
+
+    Returns:
+        ``(N, H, W)`` unnormalised noise.
+    """
+    H, W = size
+    yy, xx = torch.meshgrid(
+        torch.arange(H, device=perm.device, dtype=torch.float32),
+        torch.arange(W, device=perm.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    x, y = rearrange(xx, "h w -> 1 (h w)"), rearrange(yy, "h w -> 1 (h w)")
+    total = torch.zeros(perm.shape[0], H * W, device=perm.device)
+    for k in range(octaves):
+        f_k = frequency / 2**k
+        o = offsets[k].unsqueeze(-1)  # (N, 3, 1)
+        total += persistence**k * simplex_noise_3d(
+            x / f_k + o[:, 0], y / f_k + o[:, 1], z / f_k + o[:, 2], perm
+        )
+    return rearrange(total, "n (h w) -> n h w", h=H)
+
+
+class SimplexNoise:
+    """Multi-octave 3D simplex noise as a ``NoiseFn`` (AnoDDPM's ``noise_fn="simplex"``).
+
+    Each ``(sample, channel)`` map gets its own permutation table and octave offsets from
+    ``generator``; the diffusion timestep ``t`` is the third coordinate, so noise for nearby
+    timesteps is correlated, as in the official code.
+
+    Deviation: with ``normalize=True`` (default) the octave sum is divided by
+    ``SIMPLEX_STD * sqrt(sum_k p^(2k))`` so the noise has unit variance like the Gaussian it
+    replaces in ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``. The official OpenSimplex
+    generator is not normalised (std ~0.49 at the defaults); ``normalize=False`` returns the raw
+    sum (std ~0.68 at the defaults for this kernel, so it does not reproduce 0.49 either).
+
+    Args:
+        octaves: Number of octaves (official 6).
+        persistence: Amplitude ratio p between octaves (official 0.8).
+        frequency: Feature size f of the first octave in pixels (official 64).
+        normalize: Rescale to unit variance.
+    """
+
+    def __init__(
+        self,
+        octaves: int = 6,
+        persistence: float = 0.8,
+        frequency: float = 64.0,
+        normalize: bool = True,
+    ) -> None:
+        self.octaves = octaves
+        self.persistence = persistence
+        self.frequency = frequency
+        self.normalize = normalize
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the raw octave sum (octaves treated as independent)."""
+        return SIMPLEX_STD * sum(self.persistence ** (2 * k) for k in range(self.octaves)) ** 0.5
+
+    def __call__(
+        self, like: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw one noise map per sample and channel.
+
+        Args:
+            like: ``(B, C, H, W)`` tensor whose shape, device and dtype the noise takes.
+            t: ``(B,)`` diffusion timestep indices (third noise coordinate), or ``None`` for 0.
+            generator: Optional ``torch.Generator``; the same seed gives the same noise.
+
+        Returns:
+            ``(B, C, H, W)`` noise, zero mean and (if ``normalize``) unit variance.
+        """
+        B, C, H, W = like.shape
+        perm = random_permutations(B * C, like, generator)
+        offsets = 256.0 * _uniform((self.octaves, B * C, 3), like, generator)
+        t = torch.zeros(B, device=like.device) if t is None else t.to(like.device)
+        z = repeat(t.float(), "b -> (b c) 1", c=C)
+        noise = simplex_octave_noise(
+            perm, offsets, (H, W), z, self.octaves, self.persistence, self.frequency
+        )
+        if self.normalize:
+            noise = noise / self.std
+        return rearrange(noise, "(b c) h w -> b c h w", b=B).to(like.dtype)
