@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, MODEL_CONFIGS
+from conftest import MODEL_CONFIGS, compose_train
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from adlab.models.base import AnomalyModule
 from adlab.types import AnomalyOutput
 
 
-def _smoke_module(model: str) -> AnomalyModule:
-    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml")
-    smoke = OmegaConf.load(CONFIG_DIR / "smoke" / f"{model}.yaml")
-    cfg = OmegaConf.merge(cfg, smoke.get("model", {}))
-    return instantiate(cfg)
-
-
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
-def test_predict_anomaly_contract(model: str) -> None:
-    module = _smoke_module(model).eval()
+def test_predict_anomaly_contract(model: str, tmp_path: Path, synthetic_root: Path) -> None:
+    cfg = compose_train(tmp_path, synthetic_root, [f"model={model}", f"+smoke={model}"])
+    module: AnomalyModule = instantiate(cfg.model).eval()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         out = module.evaluate_images(images)

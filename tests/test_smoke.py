@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from adlab.cli import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_model_trains_tests_and_detects(model: str, tmp_path: Path, detect_root: Path) -> None:
     cfg = compose_train(

@@ -123,6 +123,21 @@ def test_predict_on_a_folder(trained: dict, tmp_path: Path) -> None:
     table = predict.run(OmegaConf.create(pred_cfg))
     written = pd.read_csv(out / "predictions.csv")
     assert len(written) == len(table) == 5
+    threshold = pd.read_csv(cfg.paths.results_csv).iloc[0].img_threshold
+    assert (written.is_anomalous == (written.score >= threshold)).all()
     assert set(written.columns) == {"path", "score", "is_anomalous"}
     assert len(list((out / "masks").glob("*_mask.png"))) == 5
     assert len(list((out / "overlays").glob("*.png"))) == 5
+
+
+def test_thresholds_come_from_a_labelled_validation_split(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    overrides = ["trainer=smoke", "+smoke=autoencoder", "trainer.max_epochs=1"]
+    overrides += ["dataset.val_split=from_test", "dataset.val_fraction=0.5"]
+    cfg = compose_train(tmp_path, synthetic_root, overrides)
+    HydraConfig().set_config(cfg)
+    train.run(cfg)
+    row = pd.read_csv(cfg.paths.results_csv).iloc[0]
+    assert row.threshold_source == "validation"
+    assert not math.isnan(row.img_threshold)

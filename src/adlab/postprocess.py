@@ -14,14 +14,15 @@ def gaussian_smooth(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 
     Args:
         anomaly_map: ``(B, 1, H, W)``.
-        sigma: standard deviation in pixels; the kernel spans +-4 sigma (odd size).
+        sigma: standard deviation in pixels; the kernel spans +-4 sigma (odd size), cut to
+            ``2 * min(H, W) - 1`` so reflect padding works on small maps.
 
     Returns:
         ``(B, 1, H, W)`` smoothed map.
     """
     if sigma <= 0:
         return anomaly_map
-    size = 2 * math.ceil(4 * sigma) + 1
+    size = min(2 * math.ceil(4 * sigma) + 1, 2 * min(anomaly_map.shape[-2:]) - 1)
     return gaussian_blur2d(anomaly_map, (size, size), (sigma, sigma), border_type="reflect")
 
 

@@ -92,8 +92,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     _log_hyperparameters(trainer, cfg)
     results_cb = _results_callback(callbacks)
-    if cfg.train:
+    if cfg.train and model.requires_training:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    elif cfg.train:
+        log.info("%s has no training stage: testing directly", type(model).__name__)
     if not cfg.test:
         return {}
     final = Path(cfg.paths.output_dir) / FINAL_CKPT if cfg.train else Path(cfg.ckpt_path)

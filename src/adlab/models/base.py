@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning import LightningModule
@@ -26,12 +26,18 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 class AnomalyModule(LightningModule):
     """Base class: subclasses implement ``training_step`` and ``predict_anomaly``.
 
+    Class attributes:
+        requires_training: False for training-free methods (e.g. a pretrained DDPM): the CLI then
+            goes straight to testing.
+
     Args:
         optimizer: partial optimizer (Hydra ``_partial_: true``) called with the parameters.
         scheduler: optional partial LR scheduler called with the optimizer.
         smoothing_sigma: extra Gaussian smoothing of every map after resizing (0 = none).
         pixel_metrics: compute pixel-level metrics (needs masks).
     """
+
+    requires_training: ClassVar[bool] = True
 
     def __init__(
         self,
