@@ -78,3 +78,18 @@ def test_concurrent_writers_lose_no_row(tmp_path: Path) -> None:
         (f"m{w}", f"c{i}") for w in range(workers) for i in range(n_rows)
     }
     assert not list(tmp_path.glob(".results.csv.*.tmp"))
+
+
+def test_collect_rebuilds_the_table_with_the_latest_run_per_key(tmp_path: Path) -> None:
+    from adlab.cli.collect import collect
+    from adlab.results import atomic_write_csv
+
+    runs = [("weave", "2026-01-01T00:00:00", 0.5), ("weave", "2026-01-02T00:00:00", 0.7)]
+    runs.append(("disc", "2026-01-01T00:00:00", 0.9))
+    for i, (category, time, auc) in enumerate(runs):
+        row = {**_row("ae", category, auc), "time": time}
+        atomic_write_csv(pd.DataFrame([row]), tmp_path / f"run{i}" / "results.csv")
+    table = collect(tmp_path, tmp_path / "results.csv")
+    assert dict(zip(table.category, table.img_auc, strict=True)) == {"weave": 0.7, "disc": 0.9}
+    assert list(table.columns[: len(LEADING)]) == list(LEADING)
+    assert len(collect(tmp_path, tmp_path / "results.csv")) == 2  # its own output is skipped

@@ -1,0 +1,41 @@
+"""Rebuild the shared results table from the ``results.csv`` rows of the run directories.
+
+``python -m adlab.cli.collect outputs [--out outputs/results.csv]``: every run dir below ``outputs``
+contributes its row; per (model, dataset, category) the most recent run (``time`` column) wins,
+as in the live table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from adlab.results import KEY, atomic_write_csv, ordered
+
+
+def collect(root: Path, out: Path) -> pd.DataFrame:
+    """Merge ``<root>/**/results.csv`` (except ``out`` itself) into ``out``; return the table."""
+    files = sorted(p for p in root.rglob("results.csv") if p.resolve() != out.resolve())
+    if not files:
+        raise FileNotFoundError(f"no run results.csv found below {root}")
+    rows = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
+    latest = rows.sort_values("time").drop_duplicates(list(KEY), keep="last")
+    table = ordered(latest.sort_values(list(KEY)).reset_index(drop=True))
+    atomic_write_csv(table, out)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="outputs directory holding the run dirs")
+    parser.add_argument("--out", type=Path, default=None, help="default: <root>/results.csv")
+    args = parser.parse_args(argv)
+    out = args.out or args.root / "results.csv"
+    table = collect(args.root, out)
+    print(f"{len(table)} rows from the run dirs below {args.root} written to {out}")
+
+
+if __name__ == "__main__":
+    main()
