@@ -2,8 +2,8 @@
 
 Every generator that the diffusion scheduler uses follows ``NoiseFn``:
 ``noise_fn(like, t, generator) -> Tensor`` with the shape, device and dtype of ``like``. Spatial
-noise for synthetic anomalies (Perlin for DRAEM) belongs in this file too, named
-``perlin_noise_2d`` / ``PerlinNoise`` alongside ``simplex_noise_3d`` / ``SimplexNoise``.
+noise for synthetic anomalies lives here too: 2D gradient (Perlin) noise ``perlin_noise_2d``, its
+fractal sum ``fractal_perlin_noise_2d`` and the binary DRAEM masks ``perlin_mask``.
 
 The simplex kernel is the 3D simplex noise of Perlin (2001) in the formulation of S. Gustavson,
 "Simplex noise demystified" (2005): skew to the simplicial lattice, 4 corner contributions
@@ -14,10 +14,13 @@ pixels), so each sample and channel gets its own noise, which the official code 
 repeats one map over the batch).
 """
 
+import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from einops import rearrange, repeat
+from kornia.geometry.transform import rotate
 from torch import Tensor
 
 _F3 = 1.0 / 3.0  # skew factor (sqrt(4) - 1) / 3
@@ -230,3 +233,144 @@ class SimplexNoise:
         if self.normalize:
             noise = noise / self.std
         return rearrange(noise, "(b c) h w -> b c h w", b=B).to(like.dtype)
+
+
+# ---------------------------------------------------------------------------------------- Perlin
+def _fade(t: Tensor) -> Tensor:
+    """Perlin's quintic fade ``6 t^5 - 15 t^4 + 10 t^3`` (Perlin 2002)."""
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def _pair(value: float | Sequence[float]) -> tuple[float, float]:
+    """``0.5 -> (0.5, 0.5)``; a 2-sequence (also a Hydra ``ListConfig``) -> a tuple."""
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    low, high = value
+    return float(low), float(high)
+
+
+def perlin_noise_2d(
+    size: tuple[int, int], res: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """2D gradient (Perlin) noise, one lattice resolution per map (DRAEM's ``rand_perlin_2d``).
+
+    Pixel ``(i, j)`` of map ``n`` sits at lattice point ``(i r_y / H, j r_x / W)``; random unit
+    gradients at the integer lattice points, quintic fade, bilinear blend of the 4 corner dot
+    products, times ``sqrt(2)`` (range about [-1, 1]). The lattice is not tied to the pixel grid,
+    so any ``H, W`` and resolution works (the official code needs ``H`` divisible by ``r_y``).
+
+    Args:
+        size: ``(H, W)``.
+        res: ``(N, 2)`` lattice resolutions (cells along y and x), one row per map; the noise
+            is created on its device.
+        generator: Optional ``torch.Generator``; the same seed gives the same noise.
+
+    Returns:
+        ``(N, H, W)`` float32 noise.
+    """
+    H, W = size
+    res = res.float()
+    n, gx = res.shape[0], int(res[:, 1].max().ceil()) + 1
+    angles = 2 * math.pi * _uniform((n, int(res[:, 0].max().ceil()) + 1, gx), res, generator)
+    grad_x, grad_y = angles.cos().flatten(1), angles.sin().flatten(1)  # (N, lattice points)
+    py = torch.arange(H, device=res.device) * (res[:, :1] / H)  # (N, H)
+    px = torch.arange(W, device=res.device) * (res[:, 1:] / W)  # (N, W)
+    iy, ix = rearrange(py.long(), "n h -> n h 1"), rearrange(px.long(), "n w -> n 1 w")
+    fy, fx = rearrange(py.frac(), "n h -> n h 1"), rearrange(px.frac(), "n w -> n 1 w")
+    cell = rearrange(iy * gx + ix, "n h w -> n (h w)")  # flat index of the top-left corner
+
+    def corner(dy: int, dx: int) -> Tensor:
+        index = cell + (dy * gx + dx)
+        g_x = rearrange(grad_x.gather(1, index), "n (h w) -> n h w", h=H)
+        g_y = rearrange(grad_y.gather(1, index), "n (h w) -> n h w", h=H)
+        return g_x * (fx - dx) + g_y * (fy - dy)
+
+    u, v = _fade(fx), _fade(fy)
+    top = torch.lerp(corner(0, 0), corner(0, 1), u)
+    bottom = torch.lerp(corner(1, 0), corner(1, 1), u)
+    return math.sqrt(2) * torch.lerp(top, bottom, v)
+
+
+def fractal_perlin_noise_2d(
+    size: tuple[int, int],
+    res: Tensor,
+    octaves: int = 1,
+    persistence: float = 0.5,
+    lacunarity: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fractal Perlin noise ``sum_{k < octaves} p^k P(l^k res)`` (DRAEM ``rand_perlin_2d_octaves``).
+
+    Args:
+        size: ``(H, W)``.
+        res: ``(N, 2)`` lattice resolutions of the first octave.
+        octaves: Number of octaves; each adds detail at ``lacunarity`` times the frequency.
+        persistence: Amplitude ratio p between successive octaves.
+        lacunarity: Frequency ratio l between successive octaves.
+        generator: Optional ``torch.Generator``.
+
+    Returns:
+        ``(N, H, W)`` unnormalised noise.
+    """
+    noise = perlin_noise_2d(size, res, generator)
+    for k in range(1, octaves):
+        noise = noise + persistence**k * perlin_noise_2d(size, res * lacunarity**k, generator)
+    return noise
+
+
+def random_perlin_resolutions(
+    n: int,
+    scale_exp_range: tuple[int, int] = (0, 6),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Random lattice resolutions ``(2^i, 2^j)``, ``i, j ~ U{low, ..., high - 1}`` per axis (DRAEM).
+
+    Returns:
+        ``(n, 2)`` float resolutions on ``device``.
+    """
+    low, high = scale_exp_range
+    exps = low + (_uniform((n, 2), torch.empty(0, device=device), generator) * (high - low)).floor()
+    return 2.0**exps
+
+
+def perlin_mask(
+    n: int,
+    size: tuple[int, int],
+    scale_exp_range: tuple[int, int] = (0, 6),
+    threshold: float | Sequence[float] = 0.5,
+    rotation: Sequence[float] | None = (-90.0, 90.0),
+    octaves: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Binary anomaly shapes: thresholded, rotated Perlin noise (DRAEM sec. 3.3, mask M_a).
+
+    Per map: lattice resolution ``2^[low, high)`` per axis, Perlin noise rotated by an angle
+    ``U(rotation)`` (kornia, zeros outside the rotated map), then ``M = noise > threshold``.
+
+    Args:
+        n: Number of masks.
+        size: ``(H, W)``.
+        scale_exp_range: Exponent range of the lattice resolution (official code ``(0, 6)``).
+        threshold: Binarisation threshold (official code 0.5), or a ``(low, high)`` range to draw
+            one per mask (the paper's random threshold).
+        rotation: Angle range in degrees (official code ``(-90, 90)``); ``None`` disables it.
+        octaves: Octaves of fractal noise (DRAEM: 1).
+        generator: Optional ``torch.Generator``.
+        device: Device of the masks.
+
+    Returns:
+        ``(n, 1, H, W)`` float32 masks in ``{0, 1}``.
+    """
+    like = torch.empty(0, device=device)
+    res = random_perlin_resolutions(n, scale_exp_range, generator, device)
+    noise = rearrange(
+        fractal_perlin_noise_2d(size, res, octaves, generator=generator), "n h w -> n 1 h w"
+    )
+    if rotation is not None:
+        low, high = _pair(rotation)
+        noise = rotate(noise, low + (high - low) * _uniform((n,), like, generator))
+    low, high = _pair(threshold)
+    thr = low + (high - low) * _uniform((n, 1, 1, 1), like, generator)
+    return (noise > thr).float()
