@@ -61,6 +61,18 @@ def _check_eval_config(cfg: DictConfig) -> dict[str, Any]:
     return meta
 
 
+def _init_weights(model: Any, cfg: DictConfig) -> None:
+    """Load ``init_from``'s weights into ``model`` (strict; fresh optimizer, epoch 0)."""
+    ckpt = load_checkpoint(cfg.init_from)
+    source = ckpt[META_KEY]["model_name"]
+    if source != cfg.model_name:
+        raise ValueError(
+            f"init_from={cfg.init_from} holds a '{source}' model, not model={cfg.model_name}"
+        )
+    model.load_state_dict(ckpt["state_dict"])
+    log.info("initialised %s from %s", type(model).__name__, cfg.init_from)
+
+
 def _log_hyperparameters(trainer: Trainer, cfg: DictConfig) -> None:
     params = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -86,6 +98,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed, workers=True)
     datamodule: LightningDataModule = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("give init_from (weights only) or ckpt_path (resume), not both")
+        _init_weights(model, cfg)
     callbacks = [*_instantiate_all(cfg.get("callbacks")), RunMetadata(_metadata(cfg))]
     trainer: Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
