@@ -12,6 +12,7 @@ import pandas as pd
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from adlab import types as T
 from adlab.results import RENAMED, atomic_write_csv, ordered, upsert_rows
 
 
@@ -36,12 +37,29 @@ class ResultsCSV(Callback):
         self.epochs: int | None = None
         self.ckpt_path = ""
         self._t0 = 0.0
+        self._test_t0 = 0.0
+        self._test_images = 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t0 = time.perf_counter()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.train_seconds = time.perf_counter() - self._t0
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._test_t0 = time.perf_counter()
+        self._test_images = 0
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._test_images += len(batch[T.IMAGE])
 
     def build_row(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
         """The run's row: key, category type, metrics, thresholds and bookkeeping."""
@@ -55,6 +73,9 @@ class ResultsCSV(Callback):
             "epochs": trainer.current_epoch if self.epochs is None else self.epochs,
             "global_step": trainer.global_step,
             "train_seconds": self.train_seconds,
+            # test wall time per image: inference, post-processing and metric updates
+            "test_seconds_per_image": (time.perf_counter() - self._test_t0)
+            / max(self._test_images, 1),
             "seed": self.seed,
             "ckpt_path": self.ckpt_path,
             "run_dir": str(self.run_dir),
