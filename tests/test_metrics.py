@@ -193,3 +193,14 @@ def test_image_only() -> None:
     without_maps.update(case["scores"], case["labels"])
     disabled.update(*(case[k] for k in ("scores", "labels", "maps", "masks")))
     assert tuple(without_maps.compute()) == tuple(disabled.compute()) == METRIC_NAMES[:4]
+
+
+@pytest.mark.parametrize("field", ["scores", "maps"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_scores_are_refused(field: str, bad: float) -> None:
+    case = _random_case(5, ties=False)
+    case[field] = case[field].clone()
+    case[field].view(-1)[3] = bad
+    metric = AnomalyMetrics()
+    with pytest.raises(ValueError, match="non-finite"):
+        metric.update(*(case[k] for k in ("scores", "labels", "maps", "masks")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,16 @@ def ordered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[*LEADING, *rest]]
 
 
-def upsert_rows(path: Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Insert or replace ``rows`` (keyed by model, dataset, category) in the table at ``path``."""
+def upsert_rows(
+    path: Path,
+    rows: Iterable[dict[str, Any]],
+    after: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """Insert or replace ``rows`` (keyed by model, dataset, category) in the table at ``path``.
+
+    ``after(table)`` runs with the merged table while the lock is still held, so files derived
+    from the table (e.g. ``training_times.md``) are never written from a stale table.
+    """
     new = pd.DataFrame(list(rows))
     missing = [k for k in KEY if k not in new.columns]
     if missing:
@@ -70,6 +78,8 @@ def upsert_rows(path: Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frames = [f for f in (table, new) if not f.empty]
         merged = ordered(pd.concat(frames, ignore_index=True))
         atomic_write_csv(merged, path)
+        if after is not None:
+            after(merged)
     return merged
 
 

@@ -21,14 +21,20 @@ class RunMetadata(Callback):
     def __init__(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
         self._t0: float | None = None
+        self._t1: float | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._t1 = time.perf_counter()
 
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if self._t0 is not None:
-            self.meta["train_seconds"] = time.perf_counter() - self._t0
+            # the final checkpoint is saved after testing: count the fit only
+            end = time.perf_counter() if self._t1 is None else self._t1
+            self.meta["train_seconds"] = end - self._t0
             self.meta["epochs"] = trainer.current_epoch
         checkpoint[META_KEY] = self.meta

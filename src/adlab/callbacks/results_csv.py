@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from adlab import types as T
 from adlab.results import RENAMED, atomic_write_csv, ordered, upsert_rows
+from adlab.training_times import training_times_path, write_training_times
 
 
 class ResultsCSV(Callback):
     """After ``trainer.test``: write ``<run_dir>/results.csv`` and upsert into the shared table.
+
+    The summary ``training_times.md`` next to the shared table is rewritten with it (rank zero).
 
     Args:
         run_dir: this run's output directory.
@@ -61,6 +65,11 @@ class ResultsCSV(Callback):
     ) -> None:
         self._test_images += len(batch[T.IMAGE])
 
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # under DDP every rank saw part of the test set: count them all (a collective, all ranks)
+        count = torch.tensor(self._test_images, device=pl_module.device)
+        self._test_images = int(trainer.strategy.reduce(count, reduce_op="sum"))
+
     def build_row(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
         """The run's row: key, category type, metrics, thresholds and bookkeeping."""
         results = {RENAMED.get(k, k): v for k, v in pl_module.test_results.items()}
@@ -86,4 +95,5 @@ class ResultsCSV(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         row = self.build_row(trainer, pl_module)
         atomic_write_csv(ordered(pd.DataFrame([row])), self.run_dir / "results.csv")
-        upsert_rows(self.shared_csv, [row])
+        times = training_times_path(self.shared_csv)
+        upsert_rows(self.shared_csv, [row], after=lambda table: write_training_times(table, times))

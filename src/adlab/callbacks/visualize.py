@@ -64,15 +64,18 @@ class SampleVisualizer(Callback):
                 }
             )
 
-    @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.samples or trainer.log_dir is None:
-            return
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if self.samples and log_dir is not None:
+            self._draw(trainer, pl_module, Path(log_dir))
+
+    @rank_zero_only
+    def _draw(self, trainer: Trainer, pl_module: LightningModule, log_dir: Path) -> None:
         maps = torch.stack([s["map"] for s in self.samples])
         vmin, vmax = float(maps.min()), float(maps.max())
         pixel_t = getattr(pl_module, "pixel_threshold", math.nan)
         image_t = getattr(pl_module, "image_threshold", math.nan)
-        out_dir = Path(trainer.log_dir) / "sample"
+        out_dir = log_dir / "sample"
         for idx, s in enumerate(self.samples):
             verdict = "anomalous" if s["score"] >= image_t else "normal"
             fig = sample_figure(

@@ -2,7 +2,7 @@
 
 ``python -m adlab.cli.collect outputs [--out outputs/results.csv]``: every run dir below ``outputs``
 contributes its row; per (model, dataset, category) the most recent run (``time`` column) wins,
-as in the live table.
+as in the live table. ``training_times.md`` is rewritten next to the output table.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from adlab.results import KEY, atomic_write_csv, ordered
+from adlab.training_times import training_times_path, write_training_times
 
 
 def collect(root: Path, out: Path) -> pd.DataFrame:
@@ -24,6 +25,7 @@ def collect(root: Path, out: Path) -> pd.DataFrame:
     latest = rows.sort_values("time").drop_duplicates(list(KEY), keep="last")
     table = ordered(latest.sort_values(list(KEY)).reset_index(drop=True))
     atomic_write_csv(table, out)
+    write_training_times(table, training_times_path(out))
     return table
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from adlab.callbacks.metadata import META_KEY, RunMetadata
 from adlab.callbacks.results_csv import ResultsCSV
@@ -18,6 +22,9 @@ from adlab.results import has_row
 
 log = logging.getLogger(__name__)
 FINAL_CKPT = "checkpoints/model.ckpt"
+# set by Lightning's DDP launcher in the main process (restored after each job)
+CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -73,15 +80,63 @@ def _init_weights(model: Any, cfg: DictConfig) -> None:
     log.info("initialised %s from %s", type(model).__name__, cfg.init_from)
 
 
-def _log_hyperparameters(trainer: Trainer, cfg: DictConfig) -> None:
+def _log_hyperparameters(
+    trainer: Trainer, cfg: DictConfig, metrics: dict[str, float] | None = None
+) -> None:
+    """Log the resolved model, dataset and trainer configs (and the seed) as hyperparameters.
+
+    TensorBoard's HPARAMS tab needs metrics with them (``default_hp_metric`` is off), so the run
+    logs once at the start (``hparams.yaml``) and once at the end with ``hp/<metric>`` values.
+    """
     params = {
+        "model_name": cfg.model_name,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
         "seed": cfg.seed,
     }
     for logger in trainer.loggers:
-        logger.log_hyperparams(params)
+        if metrics:
+            logger.log_hyperparams(params, metrics)
+        else:
+            logger.log_hyperparams(params)
+
+
+def _hp_metrics(trainer: Trainer, results: dict[str, float], train_seconds: float) -> dict:
+    """``hp/<name>`` columns of the HPARAMS tab: finite test metrics and the training time."""
+    values = {**results, "train_seconds": train_seconds}
+    metrics = {f"hp/{k}": float(v) for k, v in values.items() if math.isfinite(v)}
+    return metrics or {"hp/epochs": float(trainer.current_epoch)}
+
+
+def _ddp_children_run_this_job() -> dict[str, str | None]:
+    """In a multirun, make Lightning's DDP processes (ranks 1..) re-run this job, not the sweep.
+
+    Lightning starts them as ``python train.py <sys.argv[1:]> hydra.run.dir=<hydra.run.dir>``; in
+    a multirun that is the whole sweep again, in another folder. Point both at this job.
+
+    Returns:
+        The DDP environment variables as they are before the launch, for :func:`_end_distributed`.
+    """
+    env = {name: os.environ.get(name) for name in DDP_ENV}
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return env
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *_config_flags(sys.argv[1:]), *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    return env
+
+
+def _config_flags(argv: list[str]) -> list[str]:
+    """Hydra's config-selecting flags of ``argv`` (``-cn x``, ``--config-dir=y``, ...), kept."""
+    kept, take_next = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if take_next or name in CONFIG_FLAGS:
+            kept.append(arg)
+        take_next = name in CONFIG_FLAGS and "=" not in arg
+    return kept
 
 
 def _results_callback(callbacks: list[Callback]) -> ResultsCSV | None:
@@ -90,6 +145,11 @@ def _results_callback(callbacks: list[Callback]) -> ResultsCSV | None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as the config says; return the test results (empty when skipped)."""
+    if str(cfg.dataset.category) == "all":
+        raise ValueError(
+            "dataset.category=all runs one job per category as a sweep: add -m "
+            "(python train.py -m dataset.category=all)"
+        )
     key = (cfg.model_name, cfg.dataset.name, str(cfg.dataset.category))
     if cfg.get("skip_existing") and has_row(Path(cfg.paths.results_csv), *key):
         log.info("skip_existing: %s already in %s", key, cfg.paths.results_csv)
@@ -107,12 +167,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
     )
     _log_hyperparameters(trainer, cfg)
-    results_cb = _results_callback(callbacks)
+    ddp_env = _ddp_children_run_this_job()
+    try:
+        results = _fit_and_test(cfg, model, datamodule, trainer, _results_callback(callbacks), meta)
+    except BaseException:
+        _end_distributed(ddp_env, barrier=False)  # a failed job must not leave DDP state behind
+        raise
+    _end_distributed(ddp_env, barrier=True)
+    return results
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    model: Any,
+    datamodule: LightningDataModule,
+    trainer: Trainer,
+    results_cb: ResultsCSV | None,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit (when ``cfg.train``) and test (when ``cfg.test``); return the test results."""
     if cfg.train and model.requires_training:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     elif cfg.train:
         log.info("%s has no training stage: testing directly", type(model).__name__)
+    train_seconds = math.nan if results_cb is None else results_cb.train_seconds
     if not cfg.test:
+        _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, {}, train_seconds))
         return {}
     final = Path(cfg.paths.output_dir) / FINAL_CKPT if cfg.train else Path(cfg.ckpt_path)
     if results_cb is not None:
@@ -123,4 +203,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path)
     if cfg.train:
         trainer.save_checkpoint(final)
+    train_seconds = math.nan if results_cb is None else results_cb.train_seconds
+    _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, model.test_results, train_seconds))
     return dict(model.test_results)
+
+
+def _end_distributed(env: dict[str, str | None], barrier: bool) -> None:
+    """Close the DDP process group and restore the launcher's environment variables (``env``).
+
+    ``barrier`` waits for the other ranks first (not after a failure: they may never arrive).
+
+    Lightning's launcher leaves ``LOCAL_RANK`` etc. in the main process, which would make the next
+    job of a multirun believe its processes are started externally and wait for them forever.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if barrier:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from adlab.data.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask, verify_image
@@ -378,10 +380,16 @@ class MVTecLayoutDataModule(LightningDataModule):
         return self._dataset([Sample(p, -1, UNLABELLED) for p in files])
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # Evaluation under DDP: each image on exactly one rank. Lightning's default sampler pads
+        # the ranks with repeated images, which would count them twice in the gathered metrics.
+        sampler = None
+        if not shuffle and dist.is_available() and dist.is_initialized():
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -72,6 +72,7 @@ class AnomalyMetrics(Metric):
             has_mask: ``(B,)`` bool, False for images whose mask is unknown (skipped by pixel
                 metrics); None means all masks are known.
         """
+        _check_finite("pred_score", pred_score)
         self.pred_scores.append(pred_score.detach().flatten().float())
         self.gt_labels.append(gt_label.detach().flatten().long())
         if anomaly_map is None or not self.pixel_metrics:
@@ -83,6 +84,7 @@ class AnomalyMetrics(Metric):
         if has_mask is not None:
             keep = has_mask.to(device=maps.device, dtype=torch.bool).flatten()
             maps, masks = maps[keep], masks[keep]
+        _check_finite("anomaly_map", maps)
         self.anomaly_maps.append(maps.float())
         self.gt_masks.append((masks > 0.5).to(torch.uint8))
 
@@ -91,7 +93,7 @@ class AnomalyMetrics(Metric):
         labels = _cat(self.gt_labels)
         results = _binary_metrics(sort_by_score(_cat(self.pred_scores), labels), "img")
         notes = [_class_counts("images", labels)]
-        if self.pixel_metrics and self.anomaly_maps:
+        if self.pixel_metrics and _stored(self.anomaly_maps):
             masks = _cat(self.gt_masks)
             pixels = sort_by_score(_cat(self.anomaly_maps), masks)
             results |= _binary_metrics(pixels, "pixel")
@@ -108,6 +110,21 @@ class AnomalyMetrics(Metric):
                 UserWarning,
             )
         return {name: results[name] for name in METRIC_NAMES if name in results}
+
+
+def _check_finite(name: str, values: Tensor) -> None:
+    """Refuse NaN/inf scores: every ranking metric would silently treat them as ordinary values."""
+    bad = int((~torch.isfinite(values.detach())).sum())
+    if bad:
+        raise ValueError(
+            f"{name} has {bad} non-finite value(s) (NaN or inf) out of {values.numel()}; "
+            "the model has diverged or a post-processing step divided by zero"
+        )
+
+
+def _stored(state: list[Tensor] | Tensor) -> bool:
+    """Whether a list state holds data (under DDP, ``compute`` sees it synced to one tensor)."""
+    return state.numel() > 0 if isinstance(state, Tensor) else len(state) > 0
 
 
 def _cat(state: list[Tensor]) -> Tensor:

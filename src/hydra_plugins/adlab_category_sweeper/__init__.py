@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin: ``-m dataset.category=all`` runs one job per category of the dataset."""
