@@ -84,3 +84,32 @@ def save_figure(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def curve_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    diagonal: bool = False,
+) -> Figure:
+    """Line plot of named curves on the unit square (ROC or precision-recall).
+
+    Args:
+        curves: legend label -> ``(x, y)`` 1-D arrays; empty curves are left out.
+        xlabel: x-axis label. ylabel: y-axis label.
+        title: figure title.
+        diagonal: draw the chance diagonal (ROC).
+    """
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    for label, (x, y) in curves.items():
+        if len(x):
+            ax.plot(x, y, label=label, linewidth=1.5)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right" if diagonal else "lower left")
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,13 +26,24 @@ from adlab.models.base import AnomalyModule
 log = logging.getLogger(__name__)
 
 
-def load_model(ckpt_path: str) -> tuple[AnomalyModule, dict[str, Any]]:
-    """Rebuild the module from the config stored in an adlab checkpoint and load its weights."""
+def restore_model(ckpt_path: str | Path) -> tuple[AnomalyModule, dict[str, Any]]:
+    """Rebuild the module from the config stored in an adlab checkpoint and load its weights.
+
+    Returns:
+        the module (thresholds restored, possibly nan for a checkpoint saved before testing)
+        and the checkpoint with its ``adlab_run`` metadata, ``epoch`` and ``global_step``.
+    """
     ckpt = load_checkpoint(ckpt_path)
-    meta = ckpt[META_KEY]
-    model: AnomalyModule = instantiate(OmegaConf.create(meta["model_cfg"]))
+    model: AnomalyModule = instantiate(OmegaConf.create(ckpt[META_KEY]["model_cfg"]))
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
+    return model, ckpt
+
+
+def load_model(ckpt_path: str) -> tuple[AnomalyModule, dict[str, Any]]:
+    """:func:`restore_model` for prediction: the checkpoint must hold test-time thresholds."""
+    model, ckpt = restore_model(ckpt_path)
+    meta = ckpt[META_KEY]
     if math.isnan(model.image_threshold):
         raise ValueError(
             f"{ckpt_path} holds no image threshold: it was saved before a test run. Evaluate it "

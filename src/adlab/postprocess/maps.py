@@ -1,4 +1,4 @@
-"""Shared post-processing of anomaly maps, applied once for every method."""
+"""Map-level post-processing shared by every method: smoothing, resizing, masking, scores."""
 
 from __future__ import annotations
 
@@ -36,3 +36,27 @@ def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 def max_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """Image score as the maximum of the map: ``(B, 1, H, W) -> (B,)``."""
     return anomaly_map.flatten(1).amax(dim=1)
+
+
+def mask_map(anomaly_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Restrict a map to a region: pixels outside ``mask`` get the least anomalous value.
+
+    Background pixels are set to ``min(0, anomaly_map.min())``: zero for the usual non-negative
+    (error) maps, and never above a foreground pixel for signed maps. The minimum is over the
+    whole tensor, so signed maps give results independent of batching only when all images are
+    masked at once (as ``evaluate.py`` does); non-negative maps always get 0.
+
+    Args:
+        anomaly_map: ``(B, 1, H, W)``.
+        mask: ``(1, 1, H, W)`` or ``(B, 1, H, W)``, nonzero inside the region.
+
+    Returns:
+        ``(B, 1, H, W)`` masked map.
+    """
+    if mask.shape[-2:] != anomaly_map.shape[-2:]:
+        raise ValueError(
+            f"mask of size {tuple(mask.shape[-2:])} does not match the anomaly map size "
+            f"{tuple(anomaly_map.shape[-2:])}"
+        )
+    fill = anomaly_map.amin().clamp(max=0.0)
+    return torch.where(mask.to(anomaly_map.device) > 0, anomaly_map, fill)

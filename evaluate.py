@@ -1,0 +1,20 @@
+"""Compare checkpoints and post-processing techniques: ``python evaluate.py ckpt=RUN_DIR``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from adlab.cli.evaluate import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
