@@ -1,0 +1,160 @@
+"""DMAD-PPDM (Liu et al., CVPR 2023): diversity-measurable anomaly detection, MVTec setup.
+
+Training: the offset net pre-deforms each normal image, the frozen teacher encodes it, the
+compression bottleneck (VQ) and the student decoder reconstruct the teacher's maps; loss
+L_rd + L_offset + vq_weight L_vq (``loss.py``).
+
+Detection (official ``test.py``): M = feature discrepancy, mapped back through the inverse warp
+and Gaussian-smoothed; O = composed inverse-field magnitude, smoothed. Each is min-max normalised
+with the per-image maxima of normal *training* images (the official code uses the test set),
+recomputed for the current weights before validation, before each checkpoint save and at the
+end of the fit; map = M_n + w O_n, score = max M_n + w max O_n. See ``README.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from adlab import types as T
+from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
+from adlab.models.dmad.loss import dmad_losses, feature_discrepancy
+from adlab.models.dmad.torch_model import DMADModel
+from adlab.postprocess import gaussian_smooth, max_score
+from adlab.types import AnomalyOutput
+
+log = logging.getLogger(__name__)
+
+
+def minmax(values: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``(values - low) / (high - low)``; NaN bounds (uncalibrated) leave ``values`` unchanged."""
+    if torch.isnan(low) or torch.isnan(high):
+        return values
+    return (values - low) / (high - low).clamp(min=1e-12)
+
+
+class DMADModule(AnomalyModule):
+    """DMAD behind the one interface.
+
+    Args:
+        model: Offset net, frozen teacher, compression bottleneck and student decoder.
+        optimizer: Partial optimizer (official: AdamW lr 0.005, betas (0.5, 0.999)).
+        scheduler: Optional partial LR scheduler (official: cosine annealing over the epochs).
+        gamma: Weight of the inverse-warp reconstruction term (official: 1).
+        vq_weight: Weight of the VQ loss (official: 1).
+        w: Weight of the deformation cue in map and score (official: 0.2 for screw, carpet,
+            metal_nut, else 0.05); 0 gives the pure reverse-distillation score.
+        map_sigma: Gaussian smoothing of M' and O in pixels (official: 4 at 256 px).
+        calibration_images: Normal training images whose per-image maxima fix the min-max
+            normalisation at the end of each fit; 0 leaves M' and O unnormalised.
+        smoothing_sigma: Extra shared smoothing (base class).
+        pixel_metrics: Compute pixel metrics.
+    """
+
+    def __init__(
+        self,
+        model: DMADModel,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        gamma: float = 1.0,
+        vq_weight: float = 1.0,
+        w: float = 0.05,
+        map_sigma: float = 4.0,
+        calibration_images: int = 64,
+        smoothing_sigma: float = 0.0,
+        pixel_metrics: bool = True,
+    ) -> None:
+        if w < 0 or map_sigma < 0 or calibration_images < 0:
+            raise ValueError(
+                f"w, map_sigma and calibration_images must be >= 0, got w={w}, "
+                f"map_sigma={map_sigma}, calibration_images={calibration_images}"
+            )
+        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        # (low M, high M, low O, high O) over normal training images; NaN until calibrated.
+        self.register_buffer("calibration", torch.full((4,), math.nan))
+        self._calibrated_at = -1  # global step of the last calibration
+
+    # ------------------------------------------------------------------ detection
+    def raw_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """M' and O, smoothed, unnormalised: two ``(B, 1, H, W)`` for images in [0, 1]."""
+        out = self.model(images)
+        size = tuple(images.shape[-2:])
+        discrepancy = feature_discrepancy(out.teacher, out.student, size)
+        m = gaussian_smooth(out.deformation.inverse_warp(discrepancy), self.hparams.map_sigma)
+        o = gaussian_smooth(out.deformation.inverse_magnitude(), self.hparams.map_sigma)
+        return m, o
+
+    def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
+        """Map ``(B, 1, H, W)`` = M_n + w O_n and score ``(B,)`` = max M_n + w max O_n."""
+        m, o = self.raw_maps(images)
+        low_m, high_m, low_o, high_o = self.calibration
+        m, o = minmax(m, low_m, high_m), minmax(o, low_o, high_o)
+        w = self.hparams.w
+        score = max_score(m) + w * max_score(o)
+        if not torch.isfinite(score).all():
+            raise FloatingPointError(f"DMAD produced non-finite scores {score.tolist()}")
+        return AnomalyOutput(m + w * o, score)
+
+    @torch.no_grad()
+    def calibrate(self, images: Tensor, batch_size: int = 8) -> Tensor:
+        """Set ``calibration`` from normal images ``(N, 3, H, W)`` in [0, 1]; returns it."""
+        maxima = []
+        for chunk in images.split(batch_size):
+            m, o = self.raw_maps(chunk)
+            maxima.append(torch.stack((max_score(m), max_score(o)), dim=1))
+        stats = torch.cat(maxima)
+        low, high = stats.amin(dim=0), stats.amax(dim=0)
+        self.calibration.copy_(torch.stack((low[0], high[0], low[1], high[1])))
+        return self.calibration
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: T.Batch, batch_idx: int) -> Tensor:
+        out = self.model(batch[T.IMAGE])
+        losses = dmad_losses(out, self.hparams.gamma, self.hparams.vq_weight)
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        return losses["loss"]
+
+    def _normal_training_images(self, count: int) -> Tensor:
+        """The first ``count`` training images ``(N, 3, H, W)`` (deterministic, no shuffling)."""
+        dataset = self.trainer.datamodule.train_dataset
+        images = [dataset[i][T.IMAGE] for i in range(min(count, len(dataset)))]
+        return torch.stack(images).to(self.device)
+
+    def _calibrate_current_weights(self) -> None:
+        """Min-max statistics of the current weights on ``calibration_images`` normal training
+        images; once per global step (validation, checkpoints and the end of fit share it)."""
+        count = self.hparams.calibration_images
+        if not count or self._calibrated_at == self.global_step:
+            return
+        images = self._normal_training_images(count)
+        was_training = self.training
+        self.eval()
+        stats = self.calibrate(images, self.trainer.datamodule.eval_batch_size)
+        self.train(was_training)
+        self._calibrated_at = self.global_step
+        log.debug(
+            "DMAD calibration (M low/high, O low/high) %s at step %d", stats, self.global_step
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        """While fitting, validation (and its F1 thresholds) scores like the test will."""
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._calibrate_current_weights()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every checkpoint saved while fitting carries the calibration of its own weights."""
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._calibrate_current_weights()
+            checkpoint["state_dict"]["calibration"] = self.calibration.detach().clone()
+
+    def on_train_end(self) -> None:
+        """Fix the min-max normalisation for the final weights."""
+        self._calibrate_current_weights()
+        log.info("DMAD calibration (M low/high, O low/high) %s", self.calibration.tolist())
