@@ -23,17 +23,23 @@ LEADING = (*KEY, "category_type", "img_auc", "pixel_auc")
 RENAMED = {"img_auroc": "img_auc", "pixel_auroc": "pixel_auc"}
 
 
-def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` through a temporary file and ``os.replace``."""
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as CSV through :func:`atomic_write_text`."""
+    atomic_write_text(frame.to_csv(index=False), path)
 
 
 def read_table(path: Path) -> pd.DataFrame:

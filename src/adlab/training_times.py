@@ -11,11 +11,11 @@ it with the table. No torch import here.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from adlab.results import atomic_write_text
 
 FILENAME = "training_times.md"
 
@@ -82,13 +82,4 @@ def training_times_markdown(table: pd.DataFrame) -> str:
 
 def write_training_times(table: pd.DataFrame, path: Path) -> None:
     """Write :func:`training_times_markdown` of ``table`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(training_times_markdown(table))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(training_times_markdown(table), path)

@@ -101,12 +101,6 @@ def _datamodule(dataset_cfg: dict[str, Any]) -> MVTecLayoutDataModule:
     return datamodule
 
 
-def _train_images(datamodule: MVTecLayoutDataModule, limit: int) -> torch.Tensor:
-    """The first ``limit`` normal training images ``(N, 3, H, W)`` (sorted file order)."""
-    dataset = datamodule.train_dataset
-    return torch.stack([dataset[i][T.IMAGE] for i in range(min(limit, len(dataset)))])
-
-
 def _techniques(cfg: DictConfig, category_type: str) -> list[Technique]:
     """Instantiate ``cfg.techniques`` (None entries skipped, factories may return lists)."""
     techniques: list[Technique] = []
@@ -292,7 +286,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     for key, group in _groups(paths, cfg.get("dataset")).items():
         datamodule = _datamodule(json.loads(key))
         techniques = _techniques(cfg, datamodule.category_type)
-        train_images = _train_images(datamodule, cfg.max_train_images)
+        train_images = datamodule.first_train_images(cfg.max_train_images)
         geometry = DataGeometry(datamodule.image_size, datamodule.center_crop)
         for technique in techniques:
             technique.fit(train_images, geometry)

@@ -287,6 +287,14 @@ class MVTecLayoutDataModule(LightningDataModule):
         elif val is not None:
             self.val_dataset = self._dataset(val)
 
+    def first_train_images(self, limit: int) -> torch.Tensor:
+        """The first ``limit`` normal training images ``(N, 3, H, W)`` in sorted file order
+        (deterministic, no shuffling, no augmentation); :meth:`setup` must have run."""
+        if self.train_dataset is None:
+            raise RuntimeError("first_train_images needs setup() to have run first")
+        dataset = self.train_dataset
+        return torch.stack([dataset[i][IMAGE] for i in range(min(limit, len(dataset)))])
+
     def _dataset(self, samples: Sequence[Sample]) -> MVTecLayoutDataset:
         return MVTecLayoutDataset(samples, self.image_size, self.center_crop)
 

@@ -121,19 +121,13 @@ class DMADModule(AnomalyModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         return losses["loss"]
 
-    def _normal_training_images(self, count: int) -> Tensor:
-        """The first ``count`` training images ``(N, 3, H, W)`` (deterministic, no shuffling)."""
-        dataset = self.trainer.datamodule.train_dataset
-        images = [dataset[i][T.IMAGE] for i in range(min(count, len(dataset)))]
-        return torch.stack(images).to(self.device)
-
     def _calibrate_current_weights(self) -> None:
         """Min-max statistics of the current weights on ``calibration_images`` normal training
         images; once per global step (validation, checkpoints and the end of fit share it)."""
         count = self.hparams.calibration_images
         if not count or self._calibrated_at == self.global_step:
             return
-        images = self._normal_training_images(count)
+        images = self.trainer.datamodule.first_train_images(count).to(self.device)
         was_training = self.training
         self.eval()
         stats = self.calibrate(images, self.trainer.datamodule.eval_batch_size)
