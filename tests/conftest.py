@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from adlab.data.synthetic import SYNTHETIC_CATEGORIES, generate_category
+from adlab.data.synthetic import SMOKE_DETECT_SET, SYNTHETIC_CATEGORIES, generate_category
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 # generator parameters of the fixtures above / below (must match, or the datamodule refuses)
 TINY_GEN = {"gen_image_size": 32, "n_train": 16, "n_test_good": 4, "n_test_per_defect": 2}
-DETECT_GEN = {"gen_image_size": 64, "n_train": 48, "n_test_good": 12, "n_test_per_defect": 4}
+DETECT_GEN = {
+    "gen_image_size" if key == "image_size" else key: value
+    for key, value in SMOKE_DETECT_SET.items()
+}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
 """Every ``configs/model/*.yaml`` trains and tests end to end at its smoke size, and detects the
 built-in synthetic defects: ``configs/smoke/<m>.yaml`` sets the sizes (and may set
-``smoke_min_img_auroc``, default 0.75). New methods are covered without editing this file."""
+``smoke_min_img_auroc``, default 0.75). New methods are covered without editing this file.
+
+Each bar carries a measured margin: ``benchmarks/smoke_margin.py`` repeats this run at seeds 0-2
+and 1 and 2 threads, and the minimum of the six must clear the bar by 0.05 (the table is in each
+smoke config's comment). The test runs seed 0, one of the six."""
 
 from __future__ import annotations
 
@@ -13,12 +17,17 @@ from hydra.core.hydra_config import HydraConfig
 
 from adlab.cli import train
 
+SMOKE_SEED = 0  # one of benchmarks/smoke_margin.py's seeds
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODEL_CONFIGS)
 def test_model_trains_tests_and_detects(model: str, tmp_path: Path, detect_root: Path) -> None:
     cfg = compose_train(
-        tmp_path, detect_root, [f"model={model}", "trainer=smoke", f"+smoke={model}"], DETECT_GEN
+        tmp_path,
+        detect_root,
+        [f"model={model}", "trainer=smoke", f"+smoke={model}", f"seed={SMOKE_SEED}"],
+        DETECT_GEN,
     )
     HydraConfig().set_config(cfg)
     results = train.run(cfg)

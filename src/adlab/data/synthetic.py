@@ -33,6 +33,14 @@ DEFECT_TYPES: dict[str, tuple[str, ...]] = {
 }
 NOISE_STD = 0.015
 _MAX_TRIES = 10
+# The smoke tests' detection set (tests/test_smoke.py, benchmarks/smoke_margin.py): enough 64 px
+# test images (12 good + 4 per defect type) for an image AUROC that means something.
+SMOKE_DETECT_SET: dict[str, int] = {
+    "image_size": 64,
+    "n_train": 48,
+    "n_test_good": 12,
+    "n_test_per_defect": 4,
+}
 # Bump when the rendering changes, so stale folders are reported instead of silently reused.
 GENERATOR_VERSION = 1
 
