@@ -86,7 +86,15 @@ def overrides(run: Run, data_root: Path, out_dir: Path) -> list[str]:
 def execute(run: Run, data_root: Path, work: Path) -> Run:
     """Train and test ``run`` in a fresh process with ``run.threads`` intra-op threads."""
     out_dir = work / f"{run.model}_seed{run.seed}_threads{run.threads}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(run.threads),
+        "MKL_NUM_THREADS": str(run.threads),
+        # measure this checkout's code, also from a git worktree beside an editable install
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides(run, data_root, out_dir)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
