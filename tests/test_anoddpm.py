@@ -53,3 +53,22 @@ def test_training_step_loss_is_finite_and_has_gradients() -> None:
 def test_bad_lambda_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="t_start"):
         _module(t_start=50)
+
+
+def test_ema_warms_up_and_is_frozen() -> None:
+    """decay min(0.9999, (1 + n) / (10 + n)): after 50 steps the EMA is near the trained weights."""
+    module = _module(t_start=5, ema_decay=0.9999)
+    assert module.ema is not None
+    assert not any(p.requires_grad for p in module.ema.parameters())  # DDP rejects unused grads
+    start = [p.detach().clone() for p in module.unet.parameters()]
+    module.on_train_batch_end(None, None, 0)  # n = 0: copy
+    with torch.no_grad():
+        for p in module.unet.parameters():
+            p.add_(1.0)  # "training" moved every weight by 1
+    for step in range(50):
+        module.on_train_batch_end(None, None, step + 1)
+    pairs = zip(module.ema.module.parameters(), start, strict=True)
+    moved = [(e - s).mean().item() for e, s in pairs]
+    # Without warm-up: 1 - 0.9999**50 = 0.005 of the way; with it, prod_n (1 + n) / (10 + n) ~ 1e-9
+    # of the start remains.
+    assert min(moved) > 0.99

@@ -12,6 +12,13 @@ The simplex kernel is the 3D simplex noise of Perlin (2001) in the formulation o
 vectorised over ``(B * C)`` maps with one random permutation table per map (no Python loops over
 pixels), so each sample and channel gets its own noise, which the official code does not (it
 repeats one map over the batch).
+
+Matching the official statistics (``fixtures/official/anoddpm_simplex.json``, AnoDDPM @ 3052f04,
+6 octaves, persistence 0.8, frequency 64, 256 px maps): OpenSimplex's kernel radius is twice
+Gustavson's in lattice units (attenuation ``2 - |d|^2`` vs ``0.6 - |d|^2``), so the official
+frequency f corresponds to our feature size ``2 f`` (128 px: autocorrelation within 0.013 at lags
+1-32 px), and the official octave sum has std ``OFFICIAL_SIMPLEX_STD``, to which
+``SimplexNoise(std=...)`` rescales.
 """
 
 import math
@@ -28,6 +35,9 @@ _G3 = 1.0 / 6.0  # unskew factor (1 - 1 / sqrt(4)) / 3
 # Standard deviation of one octave of ``simplex_noise_3d`` at random positions, measured over
 # 2**22 samples with random permutations (four seeds agree within 0.1%); normalises octave sums.
 SIMPLEX_STD = 0.4255
+# Standard deviation of the official AnoDDPM generator at its defaults (6 octaves, p 0.8, f 64) over
+# maps and pixels: per-map std 0.503 (0.469-0.545 over 8 maps), per-map means sd 0.063.
+OFFICIAL_SIMPLEX_STD = 0.507
 
 
 class NoiseFn(Protocol):
@@ -179,33 +189,36 @@ class SimplexNoise:
     ``generator``; the diffusion timestep ``t`` is the third coordinate, so noise for nearby
     timesteps is correlated, as in the official code.
 
-    Deviation: with ``normalize=True`` (default) the octave sum is divided by
-    ``SIMPLEX_STD * sqrt(sum_k p^(2k))`` so the noise has unit variance like the Gaussian it
-    replaces in ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``. The official OpenSimplex
-    generator is not normalised (std ~0.49 at the defaults); ``normalize=False`` returns the raw
-    sum (std ~0.68 at the defaults for this kernel, so it does not reproduce 0.49 either).
+    The defaults reproduce the official generator's statistics (module docstring): feature size
+    128 px (= the official ``frequency=64`` of OpenSimplex) and std ``OFFICIAL_SIMPLEX_STD``
+    (~0.5, so at lambda = 250 the signal-to-noise ratio is the official ~4.2). ``std=1.0`` gives
+    unit variance like the Gaussian it replaces (a stronger corruption: 250 then acts like the
+    official ~380); ``std=None`` returns the raw octave sum (std ``self.raw_std``, ~0.68).
 
     Args:
         octaves: Number of octaves (official 6).
         persistence: Amplitude ratio p between octaves (official 0.8).
-        frequency: Feature size f of the first octave in pixels (official 64).
-        normalize: Rescale to unit variance.
+        frequency: Feature size f of the first octave in pixels of this kernel (official 64 for
+            OpenSimplex = 128 here).
+        std: Standard deviation the octave sum is rescaled to, or ``None`` for the raw sum.
     """
 
     def __init__(
         self,
         octaves: int = 6,
         persistence: float = 0.8,
-        frequency: float = 64.0,
-        normalize: bool = True,
+        frequency: float = 128.0,
+        std: float | None = OFFICIAL_SIMPLEX_STD,
     ) -> None:
+        if std is not None and std <= 0:
+            raise ValueError(f"SimplexNoise std must be > 0 or None, got {std}")
         self.octaves = octaves
         self.persistence = persistence
         self.frequency = frequency
-        self.normalize = normalize
+        self.std = std
 
     @property
-    def std(self) -> float:
+    def raw_std(self) -> float:
         """Standard deviation of the raw octave sum (octaves treated as independent)."""
         return SIMPLEX_STD * sum(self.persistence ** (2 * k) for k in range(self.octaves)) ** 0.5
 
@@ -220,7 +233,7 @@ class SimplexNoise:
             generator: Optional ``torch.Generator``; the same seed gives the same noise.
 
         Returns:
-            ``(B, C, H, W)`` noise, zero mean and (if ``normalize``) unit variance.
+            ``(B, C, H, W)`` noise, zero mean, standard deviation ``std`` (if set).
         """
         B, C, H, W = like.shape
         perm = random_permutations(B * C, like, generator)
@@ -230,8 +243,8 @@ class SimplexNoise:
         noise = simplex_octave_noise(
             perm, offsets, (H, W), z, self.octaves, self.persistence, self.frequency
         )
-        if self.normalize:
-            noise = noise / self.std
+        if self.std is not None:
+            noise = noise * (self.std / self.raw_std)
         return rearrange(noise, "(b c) h w -> b c h w", b=B).to(like.dtype)
 
 

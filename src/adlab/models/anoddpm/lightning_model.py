@@ -14,13 +14,29 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from adlab import types as T
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.postprocess import gaussian_smooth, max_score
 from adlab.types import AnomalyOutput
+
+
+def ema_with_warmup(decay: float) -> Any:
+    """EMA update with warm-up: ``d_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    The common DDPM warm-up (TensorFlow ``ExponentialMovingAverage(num_updates=...)``, used by
+    Ho et al.'s code): without it, decay 0.9999 over a few hundred steps leaves the test-time
+    weights ~96 % the initial ones. ``AveragedModel`` copies the weights at ``n = 0``.
+    """
+
+    def multi_avg_fn(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        n = float(num_averaged)  # one host sync per step, not one per tensor
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return multi_avg_fn
 
 
 class AnoDDPMModule(AnomalyModule):
@@ -38,7 +54,8 @@ class AnoDDPMModule(AnomalyModule):
         eta: DDIM stochasticity.
         score: image score from the map: ``max`` or ``mean``.
         map_sigma: Gaussian smoothing of the error map before scoring (0 = none).
-        ema_decay: EMA of the weights used at test time (paper: 0.9999); 0 disables it.
+        ema_decay: EMA of the weights used at test time (paper: 0.9999, with the warm-up of
+            ``ema_with_warmup``); 0 disables it. The EMA copy is frozen (no gradients).
         grad_clip_norm: gradient-norm clipping (paper: 1.0); 0 disables it.
         eval_seed: seed of the test-time noise, so evaluations are repeatable.
         smoothing_sigma: extra shared smoothing (base class).
@@ -76,11 +93,10 @@ class AnoDDPMModule(AnomalyModule):
         self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "scheduler"])
         self.unet = unet
         self.noise_scheduler = noise_scheduler
-        self.ema = (
-            AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            if ema_decay > 0
-            else None
-        )
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(unet, multi_avg_fn=ema_with_warmup(ema_decay))
+            self.ema.requires_grad_(False)
 
     def trainable_parameters(self) -> Any:
         return self.unet.parameters()
