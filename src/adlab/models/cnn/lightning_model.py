@@ -3,8 +3,10 @@
 The seed trains a supervised normal/abnormal classifier, which needs anomalous training images.
 Here every training batch of normal images is paired with a copy corrupted by
 :class:`adlab.synthesis.DraemAnomalySynthesizer` (class 1 wherever its mask is non-empty), so
-batches are 50/50 and test anomalies are never seen. Score: softmax probability of class 1; map:
-the anomaly-class activation map upsampled to the input size. See ``README.md`` here.
+batches are 50/50 and test anomalies are never seen. Score: the logit margin ``z_1 - z_0`` (the
+log-odds of class 1; the softmax probability saturates to exactly 0 or 1 in float32, and ties
+hurt AUROC); map: the anomaly-class activation map upsampled to the input size. See
+``README.md`` here.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class CNNModule(AnomalyModule):
         return loss
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Score ``(B,)``: P(anomalous); map ``(B, 1, H, W)``: the CAM, bilinearly upsampled."""
+        """Score ``(B,)``: logit margin ``z_1 - z_0`` = logit P(anomalous), monotone in the
+        probability but never saturating; map ``(B, 1, H, W)``: the CAM, bilinearly upsampled."""
         out = self.net(images)
         cam = F.interpolate(out.cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return AnomalyOutput(cam, out.logits.softmax(dim=1)[:, 1])
+        return AnomalyOutput(cam, out.logits[:, 1] - out.logits[:, 0])
