@@ -55,14 +55,16 @@ class Run:
     error: str = ""
 
 
-def smoke_bar(model: str) -> float:
-    """The image-AUROC bar the smoke test applies to ``model``."""
+def smoke_bar(model: str) -> float | None:
+    """The image-AUROC bar the smoke test applies to ``model`` (None: no bar, random weights)."""
     cfg = OmegaConf.load(ROOT / "configs" / "smoke" / f"{model}.yaml")
-    return float(cfg.get("smoke_min_img_auroc", DEFAULT_BAR))
+    bar = cfg.get("smoke_min_img_auroc", DEFAULT_BAR)
+    return None if bar is None else float(bar)
 
 
-def overrides(run: Run, data_root: Path, out_dir: Path) -> list[str]:
-    """``train.py`` overrides that reproduce the smoke test's composition for ``run``."""
+def overrides(run: Run, data_root: Path, out_dir: Path, extra: list[str]) -> list[str]:
+    """``train.py`` overrides that reproduce the smoke test's composition for ``run``, then
+    ``extra`` (candidate smoke settings, e.g. ``trainer.max_epochs=20``)."""
     data = SMOKE_DETECT_SET
     return [
         f"model={run.model}",
@@ -80,10 +82,11 @@ def overrides(run: Run, data_root: Path, out_dir: Path) -> list[str]:
         "dataset.num_workers=0",
         f"paths.log_dir={out_dir}",
         f"hydra.run.dir={out_dir}/run",
+        *extra,
     ]
 
 
-def execute(run: Run, data_root: Path, work: Path) -> Run:
+def execute(run: Run, data_root: Path, work: Path, extra: list[str]) -> Run:
     """Train and test ``run`` in a fresh process with ``run.threads`` intra-op threads."""
     out_dir = work / f"{run.model}_seed{run.seed}_threads{run.threads}"
     env = {
@@ -95,7 +98,7 @@ def execute(run: Run, data_root: Path, work: Path) -> Run:
             filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
         ),
     }
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides(run, data_root, out_dir)]
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides(run, data_root, out_dir, extra)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     run.seconds = time.perf_counter() - start
@@ -107,13 +110,15 @@ def execute(run: Run, data_root: Path, work: Path) -> Run:
     return run
 
 
-def run_all(runs: list[Run], data_root: Path, work: Path, cores: int) -> list[Run]:
+def run_all(
+    runs: list[Run], data_root: Path, work: Path, cores: int, extra: list[str]
+) -> list[Run]:
     """Execute ``runs``, grouped by thread count so ``cores`` are never oversubscribed."""
     done: list[Run] = []
     for threads in sorted({r.threads for r in runs}):
         group = [r for r in runs if r.threads == threads]
         with ThreadPoolExecutor(max_workers=max(1, cores // threads)) as pool:
-            for run in pool.map(lambda r: execute(r, data_root, work), group):
+            for run in pool.map(lambda r: execute(r, data_root, work, extra), group):
                 status = run.error or f"img {run.img_auc:.3f} pixel {run.pixel_auc:.3f}"
                 print(
                     f"  {run.model} seed {run.seed} threads {run.threads}: {status} "
@@ -139,6 +144,9 @@ def table(model: str, runs: list[Run], seeds: list[int], threads: list[int]) -> 
         lines.append(f"| {seed} | " + " | ".join(values) + " |")
     aucs = [by_key[(s, t)].img_auc for s in seeds for t in threads]
     low, bar = min(aucs), smoke_bar(model)
+    if bar is None:
+        lines += ["", f"min {low:.3f}, no bar (random weights)", ""]
+        return "\n".join(lines)
     verdict = "ok" if low >= bar + REQUIRED_MARGIN else f"BELOW bar + {REQUIRED_MARGIN}"
     lines += ["", f"min {low:.3f}, bar {bar:.2f}, margin {low - bar:+.3f} ({verdict})", ""]
     return "\n".join(lines)
@@ -153,6 +161,9 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs here")
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--override", nargs="*", default=[], help="extra train.py overrides (trying settings)"
+    )
     args = parser.parse_args()
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="smoke_margin_"))
@@ -161,7 +172,7 @@ def main() -> None:
     generate_category(data_root, CATEGORY, seed=0, **gen)  # once, before parallel runs
     runs = [Run(m, s, t) for m in args.models for s in args.seeds for t in args.threads]
     print(f"{len(runs)} runs under {work}", flush=True)
-    done = run_all(runs, data_root, work, args.cores)
+    done = run_all(runs, data_root, work, args.cores, args.override)
     for model in args.models:
         print(table(model, done, args.seeds, args.threads))
     if args.json_out:
