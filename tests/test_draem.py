@@ -1,5 +1,7 @@
 """DRAEM: loss terms on known inputs, the mean-filter score, shapes and parameter counts."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,15 +42,37 @@ def test_identical_reconstruction_has_zero_l2_and_ssim_loss() -> None:
     assert noisy["l2"] > 0.01 and noisy["ssim"] > 0.1
 
 
-def test_focal_loss_values() -> None:
+@pytest.mark.parametrize("variant", ["official", "kornia"])
+def test_focal_loss_values(variant: str) -> None:
     image, mask = torch.rand(2, 3, 32, 32), _mask()
+
+    def focal(logits: torch.Tensor) -> float:
+        return draem_losses(image, logits, image, mask, variant=variant)["focal"].item()
+
     perfect = torch.cat([1 - mask, mask], dim=1) * 40 - 20  # +-20 logits on the right class
-    assert draem_losses(image, perfect, image, mask)["focal"].item() == pytest.approx(0, abs=1e-8)
-    # p_t = 0.5 everywhere: (1 - 0.5)^2 * -log(0.5) per pixel (gamma 2, alpha 1)
-    uniform = draem_losses(image, torch.zeros(2, 2, 32, 32), image, mask)["focal"].item()
-    assert uniform == pytest.approx(0.25 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
-    wrong = draem_losses(image, -perfect, image, mask)["focal"]
-    assert wrong > uniform
+    assert focal(perfect) == pytest.approx(0, abs=1e-8)
+    # p_t = 0.5 everywhere: (1 - 0.5)^2 * -log(0.5) per pixel (gamma 2, alpha 1); the official
+    # smoothing shifts p_t by 1e-5
+    rel = 1e-5 if variant == "kornia" else 1e-4
+    assert focal(torch.zeros(2, 2, 32, 32)) == pytest.approx(0.25 * math.log(2.0), rel=rel)
+    wrong = focal(-perfect)
+    assert wrong > focal(torch.zeros(2, 2, 32, 32))
+    if variant == "official":  # smoothed: capped near -log(2e-5) = 10.8 per pixel
+        assert wrong == pytest.approx(-math.log(2e-5), rel=1e-3)
+    else:
+        assert wrong > 39  # unbounded: -log softmax of a -40 margin
+
+
+def test_official_ssim_takes_its_range_from_the_first_argument() -> None:
+    """Fixture finding 1: L = 2 once the reconstruction dips below -0.5 (kornia: always 1)."""
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 32, 32)
+    rec = image.clone()
+    rec[:, :, 0, 0] = -0.6  # one dark pixel switches the official constants
+    rec = (rec + 0.3 * torch.randn_like(rec)).clamp(-1, 1)
+    official = draem_losses(rec, torch.zeros(2, 2, 32, 32), image, _mask(), variant="official")
+    swapped = draem_losses(image, torch.zeros(2, 2, 32, 32), rec, _mask(), variant="official")
+    assert official["ssim"] < swapped["ssim"] - 1e-3  # larger C1, C2 -> higher SSIM, lower loss
 
 
 def test_score_is_max_of_the_21x21_mean_filtered_map() -> None:

@@ -70,3 +70,71 @@ def test_anoddpm_simplex_matches_official_std_and_spectrum() -> None:
         acfs.append(_acf(noise, ref["lags"]))
     assert np.mean(stds) == pytest.approx(ref["aggregate"]["std"], abs=0.05)
     np.testing.assert_allclose(np.mean(acfs, axis=0), ref["aggregate"]["acf"], atol=0.05)
+
+
+# --------------------------------------------------------------------------------------- DRAEM
+def _draem_seg_key(key: str) -> str:
+    """Official discriminative-net key -> adlab's (fixture README, key mapping)."""
+    import re
+
+    key = re.sub(r"^encoder_segment\.block(\d)\.", lambda m: f"encoder.{int(m[1]) - 1}.", key)
+    key = key.replace("decoder_segment.up_b.", "ups.0.").replace(
+        "decoder_segment.db_b.", "blocks.0."
+    )
+    key = re.sub(r"^decoder_segment\.up(\d)\.", r"ups.\1.", key)
+    key = re.sub(r"^decoder_segment\.db(\d)\.", r"blocks.\1.", key)
+    return key.replace("decoder_segment.fin_out.0.", "head.")
+
+
+@pytest.fixture(scope="module")
+def draem() -> dict[str, Any]:
+    from adlab.models.draem import DiscriminativeSubNetwork, ReconstructiveSubNetwork
+
+    ref = _load("draem_nets_tiny.pt")
+    rec, seg = ReconstructiveSubNetwork(3, 3, 4), DiscriminativeSubNetwork(6, 2, 4)
+    rec_sd = _dequantize(ref["rec_state_dict_q"], ref["rec_state_dict_exp"])
+    rec.load_state_dict(dict(zip(rec.state_dict(), rec_sd.values(), strict=True)))
+    seg_sd = _dequantize(ref["seg_state_dict_q"], ref["seg_state_dict_exp"])
+    seg.load_state_dict({_draem_seg_key(k): v for k, v in seg_sd.items()})
+    return {"ref": ref, "rec": rec.eval(), "seg": seg.eval()}
+
+
+def test_draem_subnetworks_match_official(draem: dict[str, Any]) -> None:
+    """One net at a time, 3e-4 (README: the deep BatchNorm stacks amplify kernel rounding)."""
+    ref = draem["ref"]
+    augmented = ref["augmented"].float()
+    with torch.no_grad():
+        gray_rec = draem["rec"](augmented)
+        out_mask = draem["seg"](torch.cat([ref["gray_rec"], augmented], dim=1))
+    torch.testing.assert_close(gray_rec, ref["gray_rec"], atol=3e-4, rtol=0)
+    torch.testing.assert_close(out_mask, ref["out_mask"], atol=3e-4, rtol=0)
+
+
+def test_draem_score_and_losses_match_official(draem: dict[str, Any]) -> None:
+    from adlab.models.draem.lightning_model import draem_losses, mean_filter_max
+
+    ref = draem["ref"]
+    score = mean_filter_max(ref["out_mask"].softmax(dim=1)[:, 1:], 21)
+    torch.testing.assert_close(score, ref["image_score"], atol=1e-5, rtol=0)
+    terms = draem_losses(
+        ref["gray_rec"], ref["out_mask"], ref["clean"].float(), ref["anomaly_mask"].float()
+    )
+    assert terms["l2"].item() == pytest.approx(ref["l2_loss"], abs=1e-5)
+    assert terms["ssim"].item() == pytest.approx(ref["ssim_loss"], abs=1e-5)  # L = 2 case
+    assert terms["focal"].item() == pytest.approx(ref["focal_loss"], abs=1e-5)
+
+
+def test_draem_official_ssim_and_focal_standalone_cases(draem: dict[str, Any]) -> None:
+    from adlab.models.draem.loss import official_focal_loss, official_ssim
+
+    ref = draem["ref"]
+    for case, first, second in [
+        ("ssim_a_loss", "ssim_a_img1", "ssim_a_img2"),  # both in [0, 1]: L = 1, border only
+        ("ssim_b_loss", "ssim_b_img1", "ssim_b_img2"),  # first in [-1, 1]: L = 2
+        ("ssim_b_loss_swapped_args", "ssim_b_img2", "ssim_b_img1"),  # L from the first: 1
+    ]:
+        loss = 1 - official_ssim(ref[first].float(), ref[second].float())
+        assert loss.item() == pytest.approx(ref[case], abs=1e-5), case
+    probs = ref["focal_logits"].float().softmax(dim=1)
+    focal = official_focal_loss(probs, ref["focal_mask"])
+    assert focal.item() == pytest.approx(ref["focal_loss_standalone"], abs=1e-5)

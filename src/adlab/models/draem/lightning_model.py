@@ -12,50 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from kornia.filters import box_blur
 from kornia.geometry.transform import rotate
-from kornia.losses import focal_loss
-from kornia.metrics import ssim
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
 from adlab import types as T
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
+from adlab.models.draem.loss import LossVariant, draem_losses
 from adlab.models.draem.torch_model import DraemModel
 from adlab.synthesis import DraemAnomalySynthesizer
 from adlab.types import AnomalyOutput
-
-
-def draem_losses(
-    reconstruction: Tensor,
-    logits: Tensor,
-    image: Tensor,
-    mask: Tensor,
-    ssim_window: int = 11,
-    focal_gamma: float = 2.0,
-) -> dict[str, Tensor]:
-    """The three DRAEM loss terms (eqs. 1-3).
-
-    Args:
-        reconstruction: ``(B, 3, H, W)`` I_r.
-        logits: ``(B, 2, H, W)`` discriminative output.
-        image: ``(B, 3, H, W)`` clean target I in [0, 1].
-        mask: ``(B, 1, H, W)`` simulated anomaly mask M_a in {0, 1}.
-        ssim_window: Gaussian SSIM window (sigma 1.5, kornia).
-        focal_gamma: Focal loss gamma (paper: 2).
-
-    Returns:
-        ``l2`` (mean squared error), ``ssim`` (1 - mean SSIM) and ``focal`` (softmax focal loss
-        with alpha 1 for both classes, mean over pixels), each a scalar.
-    """
-    focal = focal_loss(logits, mask[:, 0].long(), alpha=None, gamma=focal_gamma, reduction="none")
-    return {
-        "l2": F.mse_loss(reconstruction, image),
-        "ssim": 1.0 - ssim(reconstruction, image, ssim_window, max_val=1.0).mean(),
-        "focal": focal.sum(dim=1).mean(),
-    }
 
 
 def mean_filter_max(anomaly_map: Tensor, kernel_size: int = 21) -> Tensor:
@@ -100,6 +68,8 @@ class DraemModule(AnomalyModule):
         ssim_weight: lambda of eq. 1 (official code: 1).
         ssim_window: SSIM window size.
         focal_gamma: focal loss gamma.
+        loss_variant: ``official`` (default: the official code's zero-padded SSIM with L from the
+            reconstruction and smoothed focal loss, as behind the paper's numbers) or ``kornia``.
         score_kernel: mean-filter size of the image score (paper: 21).
         rotate_prob: probability of rotating a normal training image (official code: 0.3).
         rotate_degrees: rotation range +-degrees (paper: 45; official code: 90).
@@ -116,6 +86,7 @@ class DraemModule(AnomalyModule):
         ssim_weight: float = 1.0,
         ssim_window: int = 11,
         focal_gamma: float = 2.0,
+        loss_variant: LossVariant = "official",
         score_kernel: int = 21,
         rotate_prob: float = 0.3,
         rotate_degrees: float = 45.0,
@@ -123,6 +94,8 @@ class DraemModule(AnomalyModule):
         pixel_metrics: bool = True,
     ) -> None:
         super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
+        if loss_variant not in ("official", "kornia"):
+            raise ValueError(f"loss_variant must be 'official' or 'kornia', got {loss_variant!r}")
         self.save_hyperparameters(ignore=["net", "synthesizer", "optimizer", "scheduler"])
         self.net = net
         self.synthesizer = synthesizer
@@ -134,7 +107,13 @@ class DraemModule(AnomalyModule):
         augmented, mask = self.synthesizer(image)
         out = self.net(augmented)
         terms = draem_losses(
-            out.reconstruction, out.logits, image, mask, hp.ssim_window, hp.focal_gamma
+            out.reconstruction,
+            out.logits,
+            image,
+            mask,
+            hp.ssim_window,
+            hp.focal_gamma,
+            hp.loss_variant,
         )
         loss = terms["l2"] + hp.ssim_weight * terms["ssim"] + terms["focal"]
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
