@@ -24,12 +24,12 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks train.py predict.py evaluate.py report.py
-	$(VENV)/bin/ruff format --check src tests benchmarks train.py predict.py evaluate.py report.py
+	$(VENV)/bin/ruff check src tests benchmarks train.py predict.py evaluate.py report.py export.py
+	$(VENV)/bin/ruff format --check src tests benchmarks train.py predict.py evaluate.py report.py export.py
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks train.py predict.py evaluate.py report.py
-	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py evaluate.py report.py
+	$(VENV)/bin/ruff format src tests benchmarks train.py predict.py evaluate.py report.py export.py
+	$(VENV)/bin/ruff check --fix src tests benchmarks train.py predict.py evaluate.py report.py export.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

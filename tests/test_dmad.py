@@ -14,8 +14,8 @@ from hydra.utils import instantiate
 
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
+from adlab.checkpoint import restore
 from adlab.cli import train
-from adlab.cli.predict import restore_model
 from adlab.models.dmad import DMADModel, DMADModule, OffsetNet, VectorQuantizer, warp
 from adlab.models.dmad.deformation import Deformation, coord_channels, field_magnitude
 from adlab.models.dmad.loss import dmad_losses, smoothness
@@ -233,7 +233,7 @@ def test_each_checkpoint_and_validation_carry_their_own_calibration(
     assert len(paths) == 2
     stored = []
     for path in paths:
-        module, _ = restore_model(path)
+        module, _ = restore(path)
         stored.append(module.calibration.clone())
         assert torch.isfinite(stored[-1]).all()
         module.eval()

@@ -45,17 +45,34 @@ def test_base_resizes_and_smooths_maps() -> None:
     assert float(smooth.anomaly_map.sum()) == pytest.approx(float(raw.anomaly_map.sum()), rel=0.05)
 
 
-def test_thresholds_survive_a_checkpoint() -> None:
-    module = _Fixed()
+def test_thresholds_survive_a_checkpoint_even_if_a_subclass_replaces_the_hook() -> None:
+    class Forgetful(_Fixed):
+        def on_save_checkpoint(self, checkpoint: dict) -> None:  # no super(): DMAD's old bug
+            checkpoint["other"] = 1
+
+    module = Forgetful()
     module.image_threshold, module.pixel_threshold = 0.25, 0.5
     module.threshold_source = "validation"
-    ckpt: dict = {}
+    ckpt: dict = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     restored = _Fixed()
     assert math.isnan(restored.image_threshold)
     restored.on_load_checkpoint(ckpt)
+    restored.load_state_dict(ckpt["state_dict"])
     assert (restored.image_threshold, restored.pixel_threshold) == (0.25, 0.5)
     assert restored.threshold_source == "validation"
+
+
+def test_checkpoints_from_before_the_threshold_buffers_still_load() -> None:
+    buffers = ("thresholds", "threshold_source_id", "map_range")
+    state = {k: v for k, v in _Fixed().state_dict().items() if k not in buffers}
+    legacy = {"image_threshold": 0.3, "pixel_threshold": 0.6, "threshold_source": "test"}
+    ckpt = {"state_dict": state, "adlab_thresholds": legacy}
+    restored = _Fixed()
+    restored.on_load_checkpoint(ckpt)
+    restored.load_state_dict(ckpt["state_dict"])
+    assert (restored.image_threshold, restored.pixel_threshold) == pytest.approx((0.3, 0.6))
+    assert restored.threshold_source == "test"
 
 
 def test_missing_optimizer_is_a_clear_error() -> None:

@@ -113,8 +113,8 @@ def test_predict_on_a_folder(trained: dict, tmp_path: Path) -> None:
     pred_cfg = {
         "ckpt_path": str(ckpt),
         "input": str(folder),
+        "backend": "lightning",
         "batch_size": 2,
-        "num_workers": 0,
         "accelerator": "cpu",
         "output_dir": str(out),
     }
@@ -124,10 +124,14 @@ def test_predict_on_a_folder(trained: dict, tmp_path: Path) -> None:
     written = pd.read_csv(out / "predictions.csv")
     assert len(written) == len(table) == 5
     threshold = pd.read_csv(cfg.paths.results_csv).iloc[0].img_threshold
+    assert (written.image_threshold == threshold).all()
     assert (written.is_anomalous == (written.score >= threshold)).all()
-    assert set(written.columns) == {"path", "score", "is_anomalous"}
-    assert len(list((out / "masks").glob("*_mask.png"))) == 5
+    assert {"path", "name", "score", "is_anomalous", "mask", "overlay"} <= set(written.columns)
+    assert len(list((out / "masks").glob("*.png"))) == 5
     assert len(list((out / "overlays").glob("*.png"))) == 5
+    glob_out = tmp_path / "pred_glob"
+    pred_cfg |= {"input": str(folder / "good_*.png"), "output_dir": str(glob_out)}
+    assert set(predict.run(OmegaConf.create(pred_cfg)).name) <= set(written.name)
 
 
 def test_thresholds_come_from_a_labelled_validation_split(

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,24 @@ from torch import Tensor, nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_HUB = "timm"
+# True inside weights_from_checkpoint(): backbones are built empty, the checkpoint fills them.
+_RESTORING: ContextVar[bool] = ContextVar("adlab_backbones_restoring", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Build every backbone without fetching or reading its ``weights`` source.
+
+    Used by :func:`adlab.checkpoint.restore`: the checkpoint's ``state_dict`` holds the
+    backbone's (possibly fine-tuned) weights, so restoring never touches the timm hub or a
+    weights file, and works offline. Loading that ``state_dict`` strictly afterwards is the
+    caller's job (an empty backbone must never be used as is).
+    """
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 def efficientnet_lite0_offline_state_dict() -> dict[str, Tensor]:
@@ -173,6 +193,8 @@ def create_model(
     Returns:
         The timm model (a classifier, or a features-only network returning a list of maps).
     """
+    if _RESTORING.get():
+        return timm.create_model(name, pretrained=False, **timm_kwargs)
     if weights is None:
         if not allow_random_init:
             raise ValueError(

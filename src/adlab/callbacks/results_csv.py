@@ -14,6 +14,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from adlab import types as T
+from adlab.callbacks.metadata import RunMetadata
 from adlab.results import RENAMED, atomic_write_csv, ordered, upsert_rows
 from adlab.training_times import training_times_path, write_training_times
 
@@ -22,20 +23,39 @@ class ResultsCSV(Callback):
     """After ``trainer.test``: write ``<run_dir>/results.csv`` and upsert into the shared table.
 
     The summary ``training_times.md`` next to the shared table is rewritten with it (rank zero).
+    A debug run (``trainer.fast_dev_run``) writes nothing. The row names what produced it:
+    ``ckpt_path`` (set by the CLI), ``stage``, ``run_name`` and ``config_sha1`` (of the resolved
+    model and dataset configs, as stored in the checkpoint).
 
     Args:
         run_dir: this run's output directory.
         shared_csv: the shared results table.
         model: model name (config group choice), dataset: dataset name, category: category.
         seed: the run's seed, recorded in the row.
+        stage: training stage of multi-stage methods (DDAD ``model.stage``), else "".
+        run_name: optional name telling apart runs of the same key (e.g. ablations), else "".
     """
 
     def __init__(
-        self, run_dir: str, shared_csv: str, model: str, dataset: str, category: str, seed: int = 0
+        self,
+        run_dir: str,
+        shared_csv: str,
+        model: str,
+        dataset: str,
+        category: str,
+        seed: int = 0,
+        stage: str | None = "",
+        run_name: str | None = "",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.shared_csv = Path(shared_csv)
-        self.key = {"model": model, "dataset": dataset, "category": str(category)}
+        self.key = {
+            "model": model,
+            "dataset": dataset,
+            "category": str(category),
+            "stage": str(stage or ""),
+            "run_name": str(run_name or ""),
+        }
         self.seed = seed
         self.train_seconds = math.nan
         self.epochs: int | None = None
@@ -73,7 +93,9 @@ class ResultsCSV(Callback):
     def build_row(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
         """The run's row: key, category type, metrics, thresholds and bookkeeping."""
         results = {RENAMED.get(k, k): v for k, v in pl_module.test_results.items()}
+        results = {k: v for k, v in results.items() if k not in ("map_min", "map_max")}
         datamodule = trainer.datamodule
+        meta = next((c.meta for c in trainer.callbacks if isinstance(c, RunMetadata)), {})
         return {
             **self.key,
             "category_type": getattr(datamodule, "category_type", ""),
@@ -87,12 +109,15 @@ class ResultsCSV(Callback):
             / max(self._test_images, 1),
             "seed": self.seed,
             "ckpt_path": self.ckpt_path,
+            "config_sha1": meta.get("config_sha1", ""),
             "run_dir": str(self.run_dir),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return  # a debug run: no row, so skip_existing never mistakes it for a result
         row = self.build_row(trainer, pl_module)
         atomic_write_csv(ordered(pd.DataFrame([row])), self.run_dir / "results.csv")
         times = training_times_path(self.shared_csv)

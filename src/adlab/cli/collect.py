@@ -1,8 +1,8 @@
 """Rebuild the shared results table from the ``results.csv`` rows of the run directories.
 
 ``python -m adlab.cli.collect outputs [--out outputs/results.csv]``: every run dir below ``outputs``
-contributes its row; per (model, dataset, category) the most recent run (``time`` column) wins,
-as in the live table. ``training_times.md`` is rewritten next to the output table.
+contributes its row; per (model, dataset, category, stage, run_name) the most recent run (``time``
+column) wins, as in the live table. ``training_times.md`` is rewritten next to the output table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adlab.results import KEY, atomic_write_csv, ordered
+from adlab.results import ROW_KEY, atomic_write_csv, ordered, with_row_key
 from adlab.training_times import training_times_path, write_training_times
 
 
@@ -21,9 +21,10 @@ def collect(root: Path, out: Path) -> pd.DataFrame:
     files = sorted(p for p in root.rglob("results.csv") if p.resolve() != out.resolve())
     if not files:
         raise FileNotFoundError(f"no run results.csv found below {root}")
-    rows = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
-    latest = rows.sort_values("time").drop_duplicates(list(KEY), keep="last")
-    table = ordered(latest.sort_values(list(KEY)).reset_index(drop=True))
+    frames = [with_row_key(pd.read_csv(p, dtype={k: str for k in ROW_KEY})) for p in files]
+    rows = pd.concat(frames, ignore_index=True)
+    latest = rows.sort_values("time").drop_duplicates(list(ROW_KEY), keep="last")
+    table = ordered(latest.sort_values(list(ROW_KEY)).reset_index(drop=True))
     atomic_write_csv(table, out)
     write_training_times(table, training_times_path(out))
     return table

@@ -28,8 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adlab import types as T
 from adlab.callbacks.metadata import META_KEY
-from adlab.cli.predict import restore_model
-from adlab.cli.train import load_checkpoint
+from adlab.checkpoint import load_checkpoint, restore
 from adlab.data.folder import MVTecLayoutDataModule
 from adlab.metrics import AnomalyMetrics
 from adlab.metrics.curves import roc_pr_curves
@@ -239,7 +238,7 @@ def evaluate_checkpoint(
     cfg: DictConfig,
 ) -> list[dict[str, Any]]:
     """One row per technique for the checkpoint at ``path``."""
-    model, ckpt = restore_model(path)
+    model, ckpt = restore(path, bool(cfg.get("trust_checkpoint", False)))
     device = _device(cfg.device)
     model.to(device).eval()
     meta, files_id = ckpt[META_KEY], ckpt_id(path, ckpt[META_KEY])
@@ -262,11 +261,12 @@ def evaluate_checkpoint(
     return rows
 
 
-def _groups(paths: list[Path], overrides: DictConfig | None) -> dict[str, list[Path]]:
+def _groups(paths: list[Path], cfg: DictConfig) -> dict[str, list[Path]]:
     """Checkpoints grouped by their (overridden) dataset config, as a JSON key."""
     groups: dict[str, list[Path]] = {}
+    overrides = cfg.get("dataset")
     for path in paths:
-        meta = load_checkpoint(path)[META_KEY]
+        meta = load_checkpoint(path, bool(cfg.get("trust_checkpoint", False)))[META_KEY]
         key = json.dumps(_dataset_cfg(meta, overrides), sort_keys=True)
         groups.setdefault(key, []).append(path)
     return groups
@@ -283,7 +283,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     )
     table_path = Path(cfg.output_dir) / "evaluation.csv"
     rows: list[dict[str, Any]] = []
-    for key, group in _groups(paths, cfg.get("dataset")).items():
+    for key, group in _groups(paths, cfg).items():
         datamodule = _datamodule(json.loads(key))
         techniques = _techniques(cfg, datamodule.category_type)
         train_images = datamodule.first_train_images(cfg.max_train_images)

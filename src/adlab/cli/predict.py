@@ -1,72 +1,86 @@
-"""``run(cfg)``: score new images with a trained checkpoint.
+"""``run(cfg)``: score new images with a trained model (``python predict.py``).
 
-Writes ``predictions.csv`` (path, score, is_anomalous) plus, per image, the binary mask and a
-heat-map overlay PNG into the output directory. The checkpoint carries the model and
-preprocessing config and the F1-optimal thresholds chosen at test time.
+``backend=lightning`` restores the module from ``ckpt_path`` alone
+(:func:`adlab.checkpoint.restore`); ``backend=onnx`` runs the exported graph in onnxruntime
+(``onnx_path``, default: ``ckpt_path`` with ``.onnx``) with the JSON beside it, without Lightning
+or the model code. Both write the same outputs (:class:`adlab.deploy.OutputWriter`): per image
+``masks/<name>.png`` and ``overlays/<name>.png`` at the original image size, ``<name>`` being the
+image's path relative to ``input``, and ``predictions.csv`` with the thresholds used.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
-from lightning import Trainer
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+import torch
+from omegaconf import DictConfig
 
-from adlab.callbacks.metadata import META_KEY
-from adlab.callbacks.prediction_writer import PredictionWriter
-from adlab.cli.train import load_checkpoint
-from adlab.models.base import AnomalyModule
+from adlab.deploy import DeployInfo, OutputWriter, load_batch, output_names, resolve_inputs
 
 log = logging.getLogger(__name__)
+Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``images (B, 3, H, W) in [0, 1] -> (anomaly_map (B, 1, H, W), score (B,))``."""
 
 
-def restore_model(ckpt_path: str | Path) -> tuple[AnomalyModule, dict[str, Any]]:
-    """Rebuild the module from the config stored in an adlab checkpoint and load its weights.
-
-    Returns:
-        the module (thresholds restored, possibly nan for a checkpoint saved before testing)
-        and the checkpoint with its ``adlab_run`` metadata, ``epoch`` and ``global_step``.
-    """
-    ckpt = load_checkpoint(ckpt_path)
-    model: AnomalyModule = instantiate(OmegaConf.create(ckpt[META_KEY]["model_cfg"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
-    return model, ckpt
+def _device(name: str) -> torch.device:
+    if name in ("auto", "gpu"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
-def load_model(ckpt_path: str) -> tuple[AnomalyModule, dict[str, Any]]:
-    """:func:`restore_model` for prediction: the checkpoint must hold test-time thresholds."""
-    model, ckpt = restore_model(ckpt_path)
-    meta = ckpt[META_KEY]
-    if math.isnan(model.image_threshold):
-        raise ValueError(
-            f"{ckpt_path} holds no image threshold: it was saved before a test run. Evaluate it "
-            "first (python train.py train=false ckpt_path=...) or use the run's final "
-            "checkpoints/model.ckpt"
-        )
-    return model, meta
+def lightning_scorer(cfg: DictConfig) -> tuple[Scorer, DeployInfo]:
+    """The restored module's :meth:`evaluate_images` and its :class:`DeployInfo`."""
+    from adlab.checkpoint import restore
+
+    restored = restore(cfg.ckpt_path, bool(cfg.get("trust_checkpoint", False)))
+    info = DeployInfo.from_module(restored.model, restored.meta, cfg.ckpt_path)
+    device = _device(cfg.accelerator)
+    model = restored.model.to(device)
+
+    @torch.no_grad()
+    def score(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.evaluate_images(images.to(device))
+        return out.anomaly_map.cpu(), out.pred_score.cpu()
+
+    return score, info
+
+
+def onnx_scorer(cfg: DictConfig) -> tuple[Scorer, DeployInfo]:
+    """An onnxruntime session of the exported graph and the JSON written beside it."""
+    from adlab.export import onnx_session, run_onnx
+
+    path = Path(cfg.get("onnx_path") or Path(cfg.ckpt_path).with_suffix(".onnx"))
+    sidecar = path.with_suffix(".json")
+    for needed in (path, sidecar):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f"backend=onnx needs {needed}; write it with python export.py "
+                f"ckpt_path={cfg.get('ckpt_path')} format=onnx (or set onnx_path=FILE.onnx)"
+            )
+    session = onnx_session(path)
+    return (lambda images: run_onnx(session, images)), DeployInfo.from_json(sidecar)
+
+
+BACKENDS = {"lightning": lightning_scorer, "onnx": onnx_scorer}
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Predict every image under ``cfg.input``; return the predictions table."""
-    model, meta = load_model(cfg.ckpt_path)
-    datamodule = instantiate(OmegaConf.create(meta["dataset_cfg"]))
-    dataset = datamodule.make_dataset_from_paths(cfg.input)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    writer = PredictionWriter(cfg.output_dir)
-    trainer = Trainer(
-        accelerator=cfg.accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[writer],
-    )
-    trainer.predict(model, loader, return_predictions=False)
-    log.info("%d predictions written to %s", len(writer.rows), writer.output_dir)
-    return pd.DataFrame(writer.rows)
+    """Predict every image of ``cfg.input``; write and return the predictions table."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"backend={cfg.backend!r}: expected one of {', '.join(BACKENDS)}")
+    score, info = BACKENDS[cfg.backend](cfg)
+    pairs = resolve_inputs(cfg.input)
+    names = output_names([name for _, name in pairs])
+    writer = OutputWriter(cfg.output_dir, info)
+    for start in range(0, len(pairs), cfg.batch_size):
+        chunk = range(start, min(start + cfg.batch_size, len(pairs)))
+        images, originals = load_batch([pairs[i][0] for i in chunk], info)
+        maps, scores = score(images)
+        for j, i in enumerate(chunk):
+            writer.write(pairs[i][0], names[i], originals[j], maps[j], float(scores[j]))
+    table = writer.finish()
+    log.info("%d predictions written to %s", len(table), writer.output_dir)
+    return table

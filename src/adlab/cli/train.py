@@ -1,4 +1,10 @@
-"""``run(cfg)``: train, then test, one method on one dataset category (or evaluate a checkpoint)."""
+"""``run(cfg)``: train, then test, one method on one dataset category (or evaluate a checkpoint).
+
+``train=false ckpt_path=FILE`` re-evaluates a checkpoint with the model and dataset configs
+stored in it, as ``predict.py`` and ``evaluate.py`` do (:func:`adlab.checkpoint.stored_run_config`:
+``dataset.*`` / ``model.*`` / ``dataset=`` / ``category=`` overrides apply on top, e.g. a new data
+root). Every checkpoint is read safely (:func:`adlab.checkpoint.load_checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +22,16 @@ from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from adlab.callbacks.divergence import DivergenceGuard
 from adlab.callbacks.metadata import META_KEY, RunMetadata
 from adlab.callbacks.results_csv import ResultsCSV
+from adlab.checkpoint import (
+    config_digest,
+    load_checkpoint,
+    restore,
+    safe_loading,
+    stored_run_config,
+)
 from adlab.results import has_row
 
 log = logging.getLogger(__name__)
@@ -34,8 +48,9 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
-def _metadata(cfg: DictConfig) -> dict[str, Any]:
-    return {
+def _metadata(cfg: DictConfig, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What checkpoints carry (``adlab_run``); a re-evaluation keeps the stored training facts."""
+    meta = {
         "model_name": cfg.model_name,
         "dataset": cfg.dataset.name,
         "category": str(cfg.dataset.category),
@@ -43,41 +58,48 @@ def _metadata(cfg: DictConfig) -> dict[str, Any]:
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
         "seed": cfg.seed,
     }
+    if stored is not None:
+        kept = ("seed", "train_seconds", "epochs")
+        meta |= {k: stored[k] for k in kept if k in stored} | {"evaluated_from": cfg.ckpt_path}
+    return meta | {"config_sha1": config_digest(meta)}
 
 
-def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """Load an adlab checkpoint on CPU, with clear errors for a missing or foreign file."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .ckpt file)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or META_KEY not in ckpt:
-        raise ValueError(f"{path} is not an adlab checkpoint (no '{META_KEY}' entry)")
-    return ckpt
+def _trust(cfg: DictConfig) -> bool:
+    return bool(cfg.get("trust_checkpoint", False))
 
 
-def _check_eval_config(cfg: DictConfig) -> dict[str, Any]:
+def _eval_meta(cfg: DictConfig) -> dict[str, Any]:
+    """The metadata of the checkpoint ``train=false`` evaluates."""
     if not cfg.ckpt_path:
         raise ValueError("train=false needs ckpt_path=PATH to a checkpoint to evaluate")
-    meta = load_checkpoint(cfg.ckpt_path)[META_KEY]
-    if meta["model_name"] != cfg.model_name:
-        raise ValueError(
-            f"{cfg.ckpt_path} holds a '{meta['model_name']}' model but model={cfg.model_name} "
-            f"was composed; run with model={meta['model_name']}"
-        )
-    return meta
+    return load_checkpoint(cfg.ckpt_path, _trust(cfg))[META_KEY]
 
 
 def _init_weights(model: Any, cfg: DictConfig) -> None:
     """Load ``init_from``'s weights into ``model`` (strict; fresh optimizer, epoch 0)."""
-    ckpt = load_checkpoint(cfg.init_from)
+    ckpt = load_checkpoint(cfg.init_from, _trust(cfg))
     source = ckpt[META_KEY]["model_name"]
     if source != cfg.model_name:
         raise ValueError(
             f"init_from={cfg.init_from} holds a '{source}' model, not model={cfg.model_name}"
         )
+    model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
     log.info("initialised %s from %s", type(model).__name__, cfg.init_from)
+
+
+def _build_model(cfg: DictConfig) -> Any:
+    """The module: restored from ``ckpt_path`` (train=false), else built from ``cfg.model``."""
+    if not cfg.train:
+        return restore(cfg.ckpt_path, _trust(cfg)).model
+    model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("give init_from (weights only) or ckpt_path (resume), not both")
+        _init_weights(model, cfg)
+    elif cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path, _trust(cfg))  # refuse an unsafe or foreign file early
+    return model
 
 
 def _log_hyperparameters(
@@ -150,26 +172,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dataset.category=all runs one job per category as a sweep: add -m "
             "(python train.py -m dataset.category=all)"
         )
-    key = (cfg.model_name, cfg.dataset.name, str(cfg.dataset.category))
-    if cfg.get("skip_existing") and has_row(Path(cfg.paths.results_csv), *key):
-        log.info("skip_existing: %s already in %s", key, cfg.paths.results_csv)
+    stored = None if cfg.train else _eval_meta(cfg)
+    if stored is not None:
+        cfg = stored_run_config(cfg, stored)
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), RunMetadata(_metadata(cfg, stored))]
+    results_cb = _results_callback(callbacks)
+    key = None if results_cb is None else results_cb.key
+    if cfg.get("skip_existing") and key and has_row(results_cb.shared_csv, *key.values()):
+        log.info("skip_existing: %s already in %s", key, results_cb.shared_csv)
         return {}
-    meta = {} if cfg.train else _check_eval_config(cfg)
     seed_everything(cfg.seed, workers=True)
     datamodule: LightningDataModule = instantiate(cfg.dataset)
-    model = instantiate(cfg.model)
-    if cfg.get("init_from"):
-        if cfg.get("ckpt_path"):
-            raise ValueError("give init_from (weights only) or ckpt_path (resume), not both")
-        _init_weights(model, cfg)
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), RunMetadata(_metadata(cfg))]
+    model = _build_model(cfg)
     trainer: Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.get("logger")) or False
+        cfg.trainer,
+        callbacks=[*callbacks, DivergenceGuard()],
+        logger=_instantiate_all(cfg.get("logger")) or False,
     )
     _log_hyperparameters(trainer, cfg)
     ddp_env = _ddp_children_run_this_job()
     try:
-        results = _fit_and_test(cfg, model, datamodule, trainer, _results_callback(callbacks), meta)
+        with safe_loading():
+            results = _fit_and_test(cfg, model, datamodule, trainer, results_cb, stored or {})
     except BaseException:
         _end_distributed(ddp_env, barrier=False)  # a failed job must not leave DDP state behind
         raise
@@ -185,23 +209,34 @@ def _fit_and_test(
     results_cb: ResultsCSV | None,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """Fit (when ``cfg.train``) and test (when ``cfg.test``); return the test results."""
+    """Fit (when ``cfg.train``) and test (when ``cfg.test``); return the test results.
+
+    The test writes ``checkpoints/model.ckpt`` with the thresholds (a re-evaluation too, from
+    the evaluated file); a debug run (``trainer.fast_dev_run``) saves nothing.
+    """
     if cfg.train and model.requires_training:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(
+            model,
+            datamodule=datamodule,
+            ckpt_path=cfg.get("ckpt_path"),
+            weights_only=not _trust(cfg),
+        )
     elif cfg.train:
         log.info("%s has no training stage: testing directly", type(model).__name__)
     train_seconds = math.nan if results_cb is None else results_cb.train_seconds
     if not cfg.test:
         _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, {}, train_seconds))
         return {}
-    final = Path(cfg.paths.output_dir) / FINAL_CKPT if cfg.train else Path(cfg.ckpt_path)
+    final = Path(cfg.paths.output_dir) / FINAL_CKPT
     if results_cb is not None:
-        results_cb.ckpt_path = str(final)
+        results_cb.ckpt_path = str(final if cfg.train else cfg.ckpt_path)
         if not cfg.train:
             results_cb.train_seconds = meta.get("train_seconds", math.nan)
             results_cb.epochs = meta.get("epochs")
-    trainer.test(model, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path)
-    if cfg.train:
+    trainer.test(model, datamodule=datamodule)
+    if trainer.fast_dev_run:
+        log.info("debug run (fast_dev_run): no checkpoint and no results row written")
+    else:
         trainer.save_checkpoint(final)
     train_seconds = math.nan if results_cb is None else results_cb.train_seconds
     _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, model.test_results, train_seconds))

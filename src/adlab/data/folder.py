@@ -11,7 +11,7 @@ Layout::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adlab.data.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask, verify_image
 from adlab.types import DEFECT_TYPE, GT_LABEL, GT_MASK, HAS_MASK, IMAGE, IMAGE_PATH
@@ -95,9 +95,7 @@ class MVTecLayoutDataset(Dataset):
             image = read_image(sample.image_path)
         except (OSError, SyntaxError, ValueError) as err:
             raise DatasetError(f"Cannot decode image file {sample.image_path}: {err}") from err
-        image = F.interpolate(
-            image[None], size=self.image_size, mode="bilinear", antialias=True, align_corners=False
-        )[0].clamp_(0.0, 1.0)
+        image = resize_image(image, self.image_size)
         if sample.mask_path is None:
             mask = torch.zeros(1, *self.image_size)
         else:
@@ -118,6 +116,41 @@ class MVTecLayoutDataset(Dataset):
             IMAGE_PATH: str(sample.image_path),
             DEFECT_TYPE: sample.defect_type,
         }
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(3, H0, W0)`` in [0, 1] -> ``(3, *size)``: bilinear with antialias, clamped to [0, 1]."""
+    return F.interpolate(
+        image[None], size=size, mode="bilinear", antialias=True, align_corners=False
+    )[0].clamp_(0.0, 1.0)
+
+
+def prepare_image(
+    image: torch.Tensor, size: tuple[int, int], center_crop: int | None
+) -> torch.Tensor:
+    """A decoded image ``(3, H0, W0)`` as the datasets serve it: resized, then center-cropped."""
+    image = resize_image(image, size)
+    return image if center_crop is None else _center_crop(image, center_crop)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random order that depends only on ``seed`` and the epoch (Lightning calls ``set_epoch``).
+
+    A run resumed from a checkpoint therefore sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed((self.seed + 1_000_003 * self.epoch) % 2**63)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -403,7 +436,22 @@ class MVTecLayoutDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        """Shuffled training batches, the order a function of the run's seed and the epoch.
+
+        Single process: :class:`EpochSeededSampler` on ``torch.initial_seed()`` (set by
+        ``seed_everything``), so a resumed run repeats the uninterrupted run's batches. Under
+        DDP, Lightning's ``DistributedSampler`` (seeded, ``set_epoch``) does the same.
+        """
+        if dist.is_available() and dist.is_initialized():
+            return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        sampler = EpochSeededSampler(len(self.train_dataset), torch.initial_seed())
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         """The validation loader, or an empty list (no validation) when ``val_split=none``."""

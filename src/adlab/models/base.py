@@ -19,6 +19,8 @@ from adlab.metrics import AnomalyMetrics
 from adlab.postprocess import gaussian_smooth, resize_map
 from adlab.types import AnomalyOutput
 
+THRESHOLD_SOURCES = ("none", "test", "validation")
+"""Values of ``threshold_source``, stored as their index in the ``threshold_source_id`` buffer."""
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -29,6 +31,13 @@ class AnomalyModule(LightningModule):
     Class attributes:
         requires_training: False for training-free methods (e.g. a pretrained DDPM): the CLI then
             goes straight to testing.
+        export_blocker: None if ``evaluate_images`` is a pure function of the images that ONNX
+            can trace; otherwise what prevents an export (said by ``export.py``).
+
+    State that must survive a checkpoint is registered buffers, so no hook can drop it:
+    ``thresholds`` ``(2,)`` (image, pixel; NaN until a test or validation epoch set them),
+    ``threshold_source_id`` (index into :data:`THRESHOLD_SOURCES`) and ``map_range`` ``(2,)``
+    (min and max map value of that epoch: the common scale of prediction overlays).
 
     Args:
         optimizer: partial optimizer (Hydra ``_partial_: true``) called with the parameters.
@@ -38,6 +47,7 @@ class AnomalyModule(LightningModule):
     """
 
     requires_training: ClassVar[bool] = True
+    export_blocker: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -52,10 +62,41 @@ class AnomalyModule(LightningModule):
         self.smoothing_sigma = smoothing_sigma
         self.val_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
         self.test_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
-        self.image_threshold = math.nan
-        self.pixel_threshold = math.nan
-        self.threshold_source = "none"
+        self.register_buffer("thresholds", torch.full((2,), math.nan))
+        self.register_buffer("threshold_source_id", torch.tensor(0))
+        self.register_buffer("map_range", torch.full((2,), math.nan))
+        self._epoch_range: list[torch.Tensor] = []
         self.test_results: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ stored decisions
+    @property
+    def image_threshold(self) -> float:
+        """F1-optimal image threshold (anomalous when ``score >= threshold``); NaN if unset."""
+        return float(self.thresholds[0])
+
+    @image_threshold.setter
+    def image_threshold(self, value: float) -> None:
+        self.thresholds[0] = value
+
+    @property
+    def pixel_threshold(self) -> float:
+        """F1-optimal pixel threshold of the maps; NaN if unset."""
+        return float(self.thresholds[1])
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: float) -> None:
+        self.thresholds[1] = value
+
+    @property
+    def threshold_source(self) -> str:
+        """Which epoch set the thresholds: one of :data:`THRESHOLD_SOURCES`."""
+        return THRESHOLD_SOURCES[int(self.threshold_source_id)]
+
+    @threshold_source.setter
+    def threshold_source(self, value: str) -> None:
+        if value not in THRESHOLD_SOURCES:
+            raise ValueError(f"threshold_source must be one of {THRESHOLD_SOURCES}, got {value!r}")
+        self.threshold_source_id.fill_(THRESHOLD_SOURCES.index(value))
 
     # ------------------------------------------------------------------ the method's part
     def predict_anomaly(self, images: torch.Tensor) -> AnomalyOutput:
@@ -76,6 +117,7 @@ class AnomalyModule(LightningModule):
 
     def _eval_step(self, batch: T.Batch, metrics: AnomalyMetrics) -> dict[str, Any]:
         out = self.evaluate_images(batch[T.IMAGE])
+        self._epoch_range.append(torch.stack((out.anomaly_map.min(), out.anomaly_map.max())))
         metrics.update(
             out.pred_score,
             batch[T.GT_LABEL],
@@ -94,6 +136,7 @@ class AnomalyModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_metrics.reset()
+            self._epoch_range = []
             return
         results = self._compute(self.val_metrics, "val")
         if not math.isnan(results.get("img_threshold", math.nan)):
@@ -109,13 +152,28 @@ class AnomalyModule(LightningModule):
     def _compute(self, metrics: AnomalyMetrics, stage: str) -> dict[str, float]:
         results = metrics.compute()
         metrics.reset()
+        results.update(self._gathered_range())
         loggable = {f"{stage}/{k}": v for k, v in results.items() if not math.isnan(v)}
         self.log_dict(loggable, sync_dist=False)
         return results
 
+    def _gathered_range(self) -> dict[str, float]:
+        """Min and max map value of this epoch over all ranks (a collective under DDP)."""
+        local = torch.stack(self._epoch_range) if self._epoch_range else None
+        self._epoch_range = []
+        if local is None:
+            local = torch.tensor([[math.inf, -math.inf]], device=self.device)
+        pair = torch.stack((local[:, 0].amin(), local[:, 1].amax()))
+        gathered = self.all_gather(pair).reshape(-1, 2)
+        low, high = float(gathered[:, 0].amin()), float(gathered[:, 1].amax())
+        return {"map_min": low, "map_max": high} if low <= high else {}
+
     def _set_thresholds(self, results: dict[str, float], source: str) -> None:
         self.image_threshold = results.get("img_threshold", math.nan)
         self.pixel_threshold = results.get("pixel_threshold", math.nan)
+        self.map_range.copy_(
+            torch.tensor([results.get("map_min", math.nan), results.get("map_max", math.nan)])
+        )
         self.threshold_source = source
 
     def predict_step(self, batch: T.Batch, batch_idx: int) -> dict[str, Any]:
@@ -131,6 +189,10 @@ class AnomalyModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoint + optim
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A readable copy of the thresholds; the buffers in ``state_dict`` are what is loaded.
+
+        Subclasses extend this hook (``super().on_save_checkpoint(checkpoint)``).
+        """
         checkpoint["adlab_thresholds"] = {
             "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold,
@@ -138,10 +200,24 @@ class AnomalyModule(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill the threshold buffers of a checkpoint written before they were buffers.
+
+        Runs before ``load_state_dict`` (Lightning and :func:`adlab.checkpoint.restore`).
+        """
+        state = checkpoint.get("state_dict", {})
         saved = checkpoint.get("adlab_thresholds", {})
-        self.image_threshold = saved.get("image_threshold", math.nan)
-        self.pixel_threshold = saved.get("pixel_threshold", math.nan)
-        self.threshold_source = saved.get("threshold_source", "none")
+        nan = math.nan
+        legacy = {
+            "thresholds": torch.tensor(
+                [saved.get("image_threshold", nan), saved.get("pixel_threshold", nan)]
+            ),
+            "threshold_source_id": torch.tensor(
+                THRESHOLD_SOURCES.index(saved.get("threshold_source", "none"))
+            ),
+            "map_range": torch.full((2,), nan),
+        }
+        for key, value in legacy.items():
+            state.setdefault(key, value)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -42,6 +42,11 @@ class AnoGANModule(AnomalyModule):
         pixel_metrics: compute pixel metrics.
     """
 
+    export_blocker = (
+        "its score is a test-time latent search (search_steps Adam steps with gradients through "
+        "the generator), an optimisation loop that ONNX inference graphs cannot express"
+    )
+
     def __init__(
         self,
         generator: Generator,

@@ -23,6 +23,7 @@ import logging
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -65,8 +66,9 @@ class DDADModule(AnomalyModule):
         v: Weight of the pixel distance in the map (paper: 1 MVTec, 7 VisA).
         map_layers: Positions in the extractor's outputs used for D_f (paper: layer2, layer3).
         map_sigma: Gaussian smoothing of the map (paper: 4).
-        ratio_images: Normal training images used, at the end of each fit, to calibrate the
-            pixel-term ratio ``max D_f / max D_p`` (the official code takes it over the test
+        ratio_images: Normal training images (the first, in file order) used to calibrate the
+            pixel-term ratio ``max D_f / max D_p`` for the weights of every checkpoint saved
+            while fitting and at the end of the fit (the official code takes it over the test
             batch); 0 scales every image by its own ratio.
         da_w: Conditioning weight of the domain-adaptation reconstructions (paper: 3).
         da_lambda: lambda of the domain-adaptation loss (paper: 0.1 MVTec, 0.01 VisA).
@@ -134,6 +136,7 @@ class DDADModule(AnomalyModule):
         )
         # max D_f / max D_p over normal training images; NaN until calibrated (per-image ratio).
         self.register_buffer("pixel_ratio", torch.tensor(float("nan")))
+        self._calibrated_at = -1  # global step of the last calibration
         # phibar, the frozen copy of the extractor before adaptation: kept out of the module tree
         # (not trained, not checkpointed; it equals the loaded extractor at the first DA step).
         self._frozen: dict[str, FeatureExtractor] = {}
@@ -254,22 +257,40 @@ class DDADModule(AnomalyModule):
         self.log("train/da_loss", loss, prog_bar=True)
         return loss
 
-    def on_train_end(self) -> None:
-        """Calibrate ``pixel_ratio`` on up to ``ratio_images`` normal training images."""
-        if not self.hparams.ratio_images:
+    def _calibrate_current_weights(self) -> None:
+        """``pixel_ratio`` of the current weights on the first ``ratio_images`` normal training
+        images; once per global step (checkpoint saves and the end of the fit share it).
+
+        Under DDP rank 0's ratio is broadcast, so every rank (and every file) holds one value.
+        """
+        count = self.hparams.ratio_images
+        if not count or self._calibrated_at == self.global_step:
             return
-        images, count = [], 0
-        for batch in self.trainer.datamodule.train_dataloader():
-            images.append(batch[T.IMAGE])
-            count += len(batch[T.IMAGE])
-            if count >= self.hparams.ratio_images:
-                break
-        images = torch.cat(images)[: self.hparams.ratio_images].to(self.device)
+        images = self.trainer.datamodule.first_train_images(count).to(self.device)
         was_training = self.training
         self.eval()
-        ratio = self.calibrate_pixel_ratio(images)
+        self.calibrate_pixel_ratio(images)
         self.train(was_training)
-        log.info("DDAD pixel_ratio %.4g from %d training images", ratio, len(images))
+        self.pixel_ratio.copy_(self.trainer.strategy.broadcast(self.pixel_ratio.clone(), src=0))
+        self._calibrated_at = self.global_step
+        log.info(
+            "DDAD pixel_ratio %.4g from %d training images at step %d",
+            float(self.pixel_ratio),
+            len(images),
+            self.global_step,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint saved while fitting holds the ratio of its own weights (the final
+        ModelCheckpoint write comes before ``on_train_end``); extends the base hook."""
+        super().on_save_checkpoint(checkpoint)
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self._calibrate_current_weights()
+            checkpoint["state_dict"]["pixel_ratio"] = self.pixel_ratio.detach().clone()
+
+    def on_train_end(self) -> None:
+        """Calibrate ``pixel_ratio`` for the final weights (a no-op after a save at this step)."""
+        self._calibrate_current_weights()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None and not self.adapting:

@@ -143,7 +143,11 @@ class DMADModule(AnomalyModule):
             self._calibrate_current_weights()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Every checkpoint saved while fitting carries the calibration of its own weights."""
+        """Every checkpoint saved while fitting carries the calibration of its own weights.
+
+        Extends the base hook (thresholds), never replaces it.
+        """
+        super().on_save_checkpoint(checkpoint)
         if self.trainer.state.fn == TrainerFn.FITTING:
             self._calibrate_current_weights()
             checkpoint["state_dict"]["calibration"] = self.calibration.detach().clone()
