@@ -29,7 +29,8 @@ class DivergenceGuard(Callback):
     """Raise :class:`DivergenceError` naming the step and the loss as soon as it is not finite.
 
     Checks the value ``training_step`` returned and every scalar logged under ``train/`` (manual
-    optimisation, e.g. AnoGAN, returns nothing). Added by the CLI to every fit, so a diverging
+    optimisation, e.g. AnoGAN, returns nothing). Steps count from 1 (``trainer.global_step``
+    after the update). Added by the CLI to every fit, so a diverging
     run ends at the step it diverges instead of training on and failing at test time.
     """
 
@@ -45,7 +46,7 @@ class DivergenceGuard(Callback):
         if bad:
             values = ", ".join(f"{k} = {v}" for k, v in bad.items())
             raise DivergenceError(
-                f"training diverged at global step {trainer.global_step} (epoch "
+                f"training diverged at step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch_idx}): {values}. Lower the learning "
                 "rate, enable gradient clipping, or check the inputs; the last good checkpoint "
                 "(if any) is under checkpoints/"
