@@ -11,6 +11,7 @@ import torch
 from conftest import compose_train
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
@@ -97,12 +98,18 @@ def test_warp_rejects_bad_field() -> None:
         warp(torch.rand(2, 3, 8, 8), torch.zeros(2, 3, 8, 8))
 
 
-def test_offset_net_respects_pixel_limits() -> None:
-    net = OffsetNet(width=4, coarse_levels=2, coarse_pixels=2.0, fine_pixels=1.0)
-    d = net(torch.randn(2, 3, 16, 16))
-    assert d.warped.shape == (2, 3, 16, 16) and d.inverse_coarse.shape == (2, 2, 16, 16)
-    assert d.forward_coarse[:, 0].abs().max() <= 2 * 2.0 / 16 + 1e-6
-    assert d.forward_fine[:, 1].abs().max() <= 2 * 1.0 / 16 + 1e-6
+@pytest.mark.parametrize("side", [16, 32])
+def test_offset_net_limits_are_fractions_of_the_side(side: int) -> None:
+    """Official limits 8/256 and 3/256 of the side: the same model at any input size."""
+    torch.manual_seed(0)
+    net = OffsetNet(width=4, coarse_levels=2, coarse_fraction=2 / 16, fine_fraction=1 / 16)
+    net.forward_coarse[-2].bias.data.fill_(50.0)  # saturate the tanh: the field is at its limit
+    d = net(torch.randn(2, 3, side, side))
+    assert d.warped.shape == (2, 3, side, side) and d.inverse_coarse.shape == (2, 2, side, side)
+    torch.testing.assert_close(d.forward_coarse.abs().amax(), torch.tensor(2 * 2 / 16))
+    assert d.forward_fine.abs().max() <= 2 * 1 / 16 + 1e-6  # normalised units, side-independent
+    with pytest.raises(ValueError, match="coarse_fraction"):
+        OffsetNet(coarse_fraction=8.0)
 
 
 def test_smoothness_is_zero_for_constant_interior() -> None:
@@ -135,12 +142,12 @@ def test_vq_returns_codes_and_passes_gradients_straight_through() -> None:
 
 
 # ------------------------------------------------------------------ full model
-def _tiny_model() -> DMADModel:
+def _tiny_model(official_init: bool = True) -> DMADModel:
     teacher = FeatureExtractor("resnet18", weights=None, allow_random_init=True)
-    offset = OffsetNet(width=4, coarse_levels=2, coarse_pixels=2.0, fine_pixels=1.0)
+    offset = OffsetNet(width=4, coarse_levels=2, coarse_fraction=2 / 32, fine_fraction=1 / 32)
     return DMADModel(
         teacher, offset, reduce_channels=8, num_codes=8, bottleneck_blocks=1,
-        bottleneck_width=32, decoder_blocks=(1, 1, 1),
+        bottleneck_width=32, decoder_blocks=(1, 1, 1), official_init=official_init,
     )  # fmt: skip
 
 
@@ -168,7 +175,7 @@ def test_loss_terms_finite_and_decrease_on_tiny_data() -> None:
 
 def test_scores_independent_of_batch_and_calibrated() -> None:
     torch.manual_seed(0)
-    module = DMADModule(_tiny_model(), w=0.2, map_sigma=1.0).eval()
+    module = DMADModule(_tiny_model(official_init=False), w=0.2, map_sigma=1.0).eval()
     images = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         module.calibrate(images, batch_size=3)
@@ -241,3 +248,45 @@ def test_each_checkpoint_and_validation_carry_their_own_calibration(
     assert not torch.equal(stored[0], stored[1])
     row = pd.read_csv(cfg.paths.results_csv).iloc[0]
     assert row.threshold_source == "validation" and 0 < row.img_threshold < 3
+
+
+# ------------------------------------------------------------------ official settings
+def test_bottleneck_and_decoder_use_the_official_kaiming_fan_out_init() -> None:
+    torch.manual_seed(0)
+    model = _tiny_model()
+    convs = [
+        m
+        for part in (model.bottleneck, model.decoder)
+        for m in part.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert convs
+    for conv in convs:  # kaiming normal, fan_out, relu gain: std = sqrt(2 / (C_out k k))
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        if conv.weight.numel() >= 2000:  # enough samples to estimate the std
+            expected = (2 / fan_out) ** 0.5
+            assert conv.weight.std().item() == pytest.approx(expected, rel=0.15)
+    bns = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    torch.manual_seed(0)
+    default = _tiny_model(official_init=False).decoder.stages[0][0].body[0].weight
+    assert default.std().item() < 0.5 * model.decoder.stages[0][0].body[0].weight.std().item()
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs/experiment/dmad_mvtec.yaml")
+    assert cfg.model.model.official_init is True  # the paper recipe uses it
+
+
+@pytest.mark.parametrize("config", ["model/dmad.yaml", "experiment/dmad_mvtec.yaml"])
+def test_teacher_asks_for_torchvision_weights(config: str) -> None:
+    """Untagged ``wide_resnet50_2`` is timm's ``racm_in1k``; the official code: torchvision's."""
+    from hydra import compose, initialize_config_dir
+    from timm.models import get_pretrained_cfg
+
+    overrides = ["model=dmad"] if config.startswith("model") else ["experiment=dmad_mvtec"]
+    config_dir = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir, version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides)
+    teacher = cfg.model.model.teacher
+    assert teacher.weights == "timm"
+    pretrained = get_pretrained_cfg(teacher.name)
+    assert pretrained.tag == "tv_in1k"
+    assert pretrained.url == "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth"

@@ -138,3 +138,71 @@ def test_draem_official_ssim_and_focal_standalone_cases(draem: dict[str, Any]) -
     probs = ref["focal_logits"].float().softmax(dim=1)
     focal = official_focal_loss(probs, ref["focal_mask"])
     assert focal.item() == pytest.approx(ref["focal_loss_standalone"], abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- DMAD
+_DMAD_PREFIXES = [  # official -> adlab (README: match the longer "..._." prefixes first)
+    ("conv_offset4_.", "inverse_coarse."),
+    ("conv_offset3_.", "inverse_fine."),
+    ("conv_offset1.", "stem."),
+    ("conv_offset2.", "res."),
+    ("conv_offset4.", "forward_coarse."),
+    ("conv_offset3.", "forward_fine."),
+]
+
+
+def _dmad_key(key: str) -> str:
+    for official, ours in _DMAD_PREFIXES:
+        if key.startswith(official):
+            return ours + key.removeprefix(official)
+    raise KeyError(key)
+
+
+@pytest.fixture(scope="module")
+def dmad() -> dict[str, Any]:
+    from adlab.models.dmad import OffsetNet
+
+    ref = _load("dmad_tiny.pt")
+    # Default limits (8/256 and 3/256 of the side) are the official constants at any size.
+    net = OffsetNet(in_channels=3, width=64, coarse_levels=3, fine_levels=1, coord_cell=4)
+    state = _dequantize(ref["state_dict_q"], ref["state_dict_exp"])
+    net.load_state_dict({_dmad_key(k): v for k, v in state.items()})
+    with torch.no_grad():
+        deformation = net.eval()(ref["x"].float())
+    return {"ref": ref, "deformation": deformation}
+
+
+def test_dmad_offset_fields_and_warps_match_official(dmad: dict[str, Any]) -> None:
+    ref, d = dmad["ref"], dmad["deformation"]
+    for ours, theirs in [
+        (d.forward_coarse, "field_forward_coarse"),
+        (d.forward_fine, "field_forward_fine"),
+        (d.inverse_coarse, "field_inverse_coarse"),
+        (d.inverse_fine, "field_inverse_fine"),
+    ]:
+        torch.testing.assert_close(ours, ref[theirs], atol=1e-6, rtol=0, msg=theirs)
+    torch.testing.assert_close(d.warped, ref["out2"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(d.inverse_warp(d.warped), ref["x_back"], atol=1e-4, rtol=0)
+
+
+def test_dmad_offset_loss_matches_official(dmad: dict[str, Any]) -> None:
+    from adlab.models.dmad.loss import offset_loss
+    from adlab.models.dmad.torch_model import DMADOutput
+
+    ref, d = dmad["ref"], dmad["deformation"]
+    out = DMADOutput(d, ref["x"].float(), [], [], torch.zeros(()))
+    assert offset_loss(out).item() == pytest.approx(ref["offset_loss"], abs=1e-5)
+
+
+def test_dmad_vector_quantizer_matches_official() -> None:
+    from adlab.models.dmad import VectorQuantizer
+
+    ref = _load("dmad_tiny.pt")
+    vq = VectorQuantizer(16, 16, 0.25)
+    codebook = _dequantize(ref["vq_state_dict_q"], ref["vq_state_dict_exp"])["embedding.weight"]
+    with torch.no_grad():
+        vq.codebook.copy_(codebook)
+        out = vq(ref["vq_input"].float())
+    assert torch.equal(out.indices, ref["vq_indices"])
+    torch.testing.assert_close(out.quantized, ref["vq_quantized"], atol=1e-6, rtol=0)
+    assert out.loss.item() == pytest.approx(float(ref["vq_loss"]), abs=1e-5)

@@ -169,8 +169,9 @@ class OffsetNet(nn.Module):
         width: Feature width (official: 64); the shared features F have ``2 * width`` channels.
         coarse_levels: Stride-2 convs of the coarse heads (official: 3, fields at 1/8).
         fine_levels: Stride-2 convs of the fine heads (official: 1, fields at 1/2).
-        coarse_pixels: Largest coarse displacement in pixels (official: 8 at 256 px).
-        fine_pixels: Largest fine displacement in pixels (official: 3 at 256 px).
+        coarse_fraction: Largest coarse displacement as a fraction of the image side (official:
+            8/256, i.e. 2 * 8/256 in ``grid_sample`` units whatever the input size).
+        fine_fraction: Largest fine displacement as a fraction of the side (official: 3/256).
         coord_cell: Cell size of the coarse coordinate channels (official: 4).
         zero_init: Zero the last conv of each head, so training starts from identity warps
             (official: False, default PyTorch init).
@@ -182,13 +183,16 @@ class OffsetNet(nn.Module):
         width: int = 64,
         coarse_levels: int = 3,
         fine_levels: int = 1,
-        coarse_pixels: float = 8.0,
-        fine_pixels: float = 3.0,
+        coarse_fraction: float = 8 / 256,
+        fine_fraction: float = 3 / 256,
         coord_cell: int = 4,
         zero_init: bool = False,
     ) -> None:
         super().__init__()
-        self.coarse_pixels, self.fine_pixels = coarse_pixels, fine_pixels
+        for key, value in (("coarse_fraction", coarse_fraction), ("fine_fraction", fine_fraction)):
+            if not 0 < value <= 1:
+                raise ValueError(f"OffsetNet {key} must be in (0, 1] (of the side), got {value}")
+        self.coarse_fraction, self.fine_fraction = coarse_fraction, fine_fraction
         self.stem = nn.Sequential(
             CoordConv(in_channels, width, 3, coord_cell),
             nn.BatchNorm2d(width),
@@ -212,19 +216,18 @@ class OffsetNet(nn.Module):
                 nn.init.zeros_(head[-2].weight)
                 nn.init.zeros_(head[-2].bias)
 
-    def _field(self, head: nn.Module, features: Tensor, pixels: float, size: tuple) -> Tensor:
-        """tanh head output scaled to ``pixels`` (s = 2 px / side), at full resolution."""
-        height, width = size
-        scale = features.new_tensor([2 * pixels / width, 2 * pixels / height]).view(1, 2, 1, 1)
-        return upsample_field(head(features) * scale, size)
+    def _field(self, head: nn.Module, features: Tensor, fraction: float, size: tuple) -> Tensor:
+        """tanh head output scaled to ``fraction`` of the side (s = 2 fraction in normalised
+        coordinates, the official constant), at full resolution."""
+        return upsample_field(head(features) * (2 * fraction), size)
 
     def forward(self, x: Tensor) -> Deformation:
         """Estimate the four fields from ``x`` ``(B, C, H, W)`` and warp it coarse then fine."""
         size = tuple(x.shape[-2:])
         stem = self.stem(x)
         features = torch.cat((self.res(stem), stem), dim=1)
-        a1 = self._field(self.forward_coarse, features, self.coarse_pixels, size)
-        a2 = self._field(self.forward_fine, features, self.fine_pixels, size)
-        b1 = self._field(self.inverse_coarse, features, self.coarse_pixels, size)
-        b2 = self._field(self.inverse_fine, features, self.fine_pixels, size)
+        a1 = self._field(self.forward_coarse, features, self.coarse_fraction, size)
+        a2 = self._field(self.forward_fine, features, self.fine_fraction, size)
+        b1 = self._field(self.inverse_coarse, features, self.coarse_fraction, size)
+        b2 = self._field(self.inverse_fine, features, self.fine_fraction, size)
         return Deformation(warp(warp(x, a1), a2), a1, a2, b1, b2)

@@ -73,6 +73,19 @@ class VectorQuantizer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- RD blocks
+def kaiming_init_(module: nn.Module) -> nn.Module:
+    """Official RD / DMAD init (``BN_layer``, ``de_resnet.ResNet``): every ``nn.Conv2d``
+    kaiming-normal with ``mode="fan_out", nonlinearity="relu"``, BatchNorm / GroupNorm weight 1 and
+    bias 0. ``nn.ConvTranspose2d`` is not an ``nn.Conv2d`` and keeps PyTorch's default, as there."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return module
+
+
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
@@ -312,6 +325,8 @@ class DMADModel(nn.Module):
         reduce_channels, num_codes, vq_beta, use_vq, bottleneck_blocks, bottleneck_width:
             :class:`CompressionBottleneck` (``num_blocks`` = ``bottleneck_blocks``).
         decoder_blocks, decoder_width_ratio: :class:`StudentDecoder`.
+        official_init: Re-initialise the bottleneck and decoder with :func:`kaiming_init_` (the
+            official code); False keeps PyTorch's default init.
     """
 
     def __init__(
@@ -326,6 +341,7 @@ class DMADModel(nn.Module):
         bottleneck_width: int | None = None,
         decoder_blocks: Sequence[int] = (3, 4, 6),
         decoder_width_ratio: float = 0.5,
+        official_init: bool = True,
     ) -> None:
         super().__init__()
         self.teacher = teacher.set_trainable(False)
@@ -348,6 +364,9 @@ class DMADModel(nn.Module):
             tuple(decoder_blocks),
             decoder_width_ratio,
         )
+        if official_init:
+            kaiming_init_(self.bottleneck)
+            kaiming_init_(self.decoder)
 
     def normalize(self, images: Tensor) -> Tensor:
         """ImageNet-normalise ``(B, 3, H, W)`` images in [0, 1] (the teacher's statistics)."""
