@@ -5,6 +5,7 @@ in every file saved while fitting."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -142,22 +143,22 @@ def test_results_rows_are_keyed_by_stage_and_run_name(tmp_path: Path) -> None:
 def test_ddad_files_saved_while_fitting_hold_their_own_ratio(
     tmp_path: Path, synthetic_root: Path
 ) -> None:
-    """``test=false``: the last ModelCheckpoint file (stage 1, then stage 2 from it) holds the
-    ratio of its own weights, not NaN or the previous stage's."""
-    overrides = ["model=ddad", "trainer=smoke", "+smoke=ddad", *FAST, "test=false"]
+    """Stage 1 (tested), then stage 2 from it with ``test=false``: each file holds the ratio of
+    its own weights (not NaN, not the previous stage's), and stage 2 none of stage 1's
+    thresholds."""
+    overrides = ["model=ddad", "trainer=smoke", "+smoke=ddad", *FAST]
     overrides += ["trainer.limit_train_batches=1", "trainer.max_epochs=1"]
     _, stage1 = _run(tmp_path / "s1", synthetic_root, overrides)
     ckpt1 = stage1 / "checkpoints" / "model.ckpt"
-    da = [*overrides, "model.stage=domain_adaptation", f"init_from={ckpt1}"]
+    da = [*overrides, "model.stage=domain_adaptation", f"init_from={ckpt1}", "test=false"]
     _, stage2 = _run(tmp_path / "s2", synthetic_root, da)
-    ratios = []
-    for ckpt in (ckpt1, stage2 / "checkpoints" / "model.ckpt"):
-        model = restore(ckpt).model
-        images = torch.stack([model_input for model_input in _train_images(synthetic_root)])
+    images = torch.stack(_train_images(synthetic_root))
+    models = [restore(c).model for c in (ckpt1, stage2 / "checkpoints" / "model.ckpt")]
+    for model in models:
         stored = float(model.pixel_ratio)
         assert stored == pytest.approx(model.calibrate_pixel_ratio(images), rel=1e-5)
-        ratios.append(stored)
-    assert ratios[0] != ratios[1]
+    assert float(models[0].pixel_ratio) != float(models[1].pixel_ratio)
+    assert not math.isnan(models[0].image_threshold) and math.isnan(models[1].image_threshold)
 
 
 def _train_images(root: Path) -> list[torch.Tensor]:

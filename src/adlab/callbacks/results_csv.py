@@ -93,7 +93,7 @@ class ResultsCSV(Callback):
     def build_row(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
         """The run's row: key, category type, metrics, thresholds and bookkeeping."""
         results = {RENAMED.get(k, k): v for k, v in pl_module.test_results.items()}
-        results = {k: v for k, v in results.items() if k not in ("map_min", "map_max")}
+        results = {k: v for k, v in results.items() if k not in ("map_min", "map_max")}  # scale
         datamodule = trainer.datamodule
         meta = next((c.meta for c in trainer.callbacks if isinstance(c, RunMetadata)), {})
         return {

@@ -85,6 +85,7 @@ def _init_weights(model: Any, cfg: DictConfig) -> None:
         )
     model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
+    model.forget_thresholds()  # they belong to the source weights, not to this stage's
     log.info("initialised %s from %s", type(model).__name__, cfg.init_from)
 
 
@@ -237,7 +238,7 @@ def _fit_and_test(
     if trainer.fast_dev_run:
         log.info("debug run (fast_dev_run): no checkpoint and no results row written")
     else:
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)
     train_seconds = math.nan if results_cb is None else results_cb.train_seconds
     _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, model.test_results, train_seconds))
     return dict(model.test_results)

@@ -152,10 +152,9 @@ class AnomalyModule(LightningModule):
     def _compute(self, metrics: AnomalyMetrics, stage: str) -> dict[str, float]:
         results = metrics.compute()
         metrics.reset()
-        results.update(self._gathered_range())
         loggable = {f"{stage}/{k}": v for k, v in results.items() if not math.isnan(v)}
         self.log_dict(loggable, sync_dist=False)
-        return results
+        return results | self._gathered_range()
 
     def _gathered_range(self) -> dict[str, float]:
         """Min and max map value of this epoch over all ranks (a collective under DDP)."""
@@ -167,6 +166,12 @@ class AnomalyModule(LightningModule):
         gathered = self.all_gather(pair).reshape(-1, 2)
         low, high = float(gathered[:, 0].amin()), float(gathered[:, 1].amax())
         return {"map_min": low, "map_max": high} if low <= high else {}
+
+    def forget_thresholds(self) -> None:
+        """Back to "no decision yet" (new weights, e.g. a stage started with ``init_from``)."""
+        self.thresholds.fill_(math.nan)
+        self.map_range.fill_(math.nan)
+        self.threshold_source = "none"
 
     def _set_thresholds(self, results: dict[str, float], source: str) -> None:
         self.image_threshold = results.get("img_threshold", math.nan)
