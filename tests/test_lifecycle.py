@@ -42,6 +42,30 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbones, "OFFLINE_WEIGHTS", offline)
 
 
+def _hub_backbones(node: object) -> int:
+    """Set every backbone of a stored config to ``weights: timm`` (the hub); return how many."""
+    if isinstance(node, list):
+        return sum(_hub_backbones(v) for v in node)
+    if not isinstance(node, dict):
+        return 0
+    count = sum(_hub_backbones(v) for v in node.values())
+    if str(node.get("_target_", "")).endswith("backbones.FeatureExtractor"):
+        node.update(weights="timm", allow_random_init=False)
+        count += 1
+    return count
+
+
+def _check_hub_config_restores_offline(ckpt: Path, tmp: Path, expected: dict) -> None:
+    """A checkpoint whose config says ``weights: timm`` restores with the network off."""
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if not _hub_backbones(raw["adlab_run"]["model_cfg"]):
+        return
+    torch.save(raw, tmp / "hub.ckpt")
+    state = restore(tmp / "hub.ckpt").model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
 def _fit(model: str, tmp: Path, data: Path) -> tuple[dict, Path]:
     overrides = [f"model={model}", "trainer=smoke", f"+smoke={model}"]
     cfg = compose_train(tmp, data, [*overrides, "trainer.limit_train_batches=1", *FAST])
@@ -116,6 +140,7 @@ def test_life_cycle(
     _offline(monkeypatch)
     restored = restore(ckpt)
     assert not math.isnan(restored.model.image_threshold), "thresholds lost in the checkpoint"
+    _check_hub_config_restores_offline(ckpt, tmp_path, restored.model.state_dict())
     again, row = _reevaluate(ckpt, tmp_path / "eval", synthetic_root)
     for key, value in first.items():
         assert again[key] == pytest.approx(value, abs=0, rel=0, nan_ok=True), key

@@ -13,7 +13,6 @@ Every entry point that reads a checkpoint (``train.py train=false``, ``predict.p
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -34,8 +33,10 @@ from adlab.models.base import AnomalyModule
 
 log = logging.getLogger(__name__)
 
-SAFE_GLOBALS: list[Any] = [collections.Counter, collections.OrderedDict, collections.defaultdict]
-"""Non-tensor globals adlab checkpoints hold (LR-scheduler milestones are a ``Counter``)."""
+SAFE_GLOBALS: list[Any] = []
+"""Globals allowed on top of torch's ``weights_only`` defaults (which already cover the
+``OrderedDict`` state dicts and the ``Counter`` of MultiStepLR milestones). Every model config's
+checkpoint loads with these (``tests/test_lifecycle.py``); add a class here only if it is data."""
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
