@@ -243,3 +243,72 @@ def test_init_from_refuses_another_model(tmp_path: Path, synthetic_root: Path) -
     HydraConfig().set_config(cfg)
     with pytest.raises(ValueError, match="'autoencoder' model, not model=ddad"):
         train.run(cfg)
+
+
+# ------------------------------------------------------------------ official protocol options
+def test_eval_crop_scores_and_measures_inside_the_central_crop() -> None:
+    """Official: map and mask cropped to the central window; the input is not cropped."""
+    from adlab.metrics import AnomalyMetrics
+
+    module = _module(eval_crop=24, ratio_images=0).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        full = _module(ratio_images=0).eval().predict_anomaly(images)
+        out = module.predict_anomaly(images)
+    assert out.anomaly_map.shape == (2, 1, SIZE, SIZE)  # the map covers the whole input
+    torch.testing.assert_close(out.anomaly_map, full.anomaly_map)
+    inside = full.anomaly_map[..., 4:28, 4:28].flatten(1).amax(dim=1)
+    torch.testing.assert_close(out.pred_score, inside)
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recorder(AnomalyMetrics):
+        def update(self, *args: torch.Tensor | None) -> None:
+            seen["map"], seen["mask"] = args[2], args[3]
+
+    mask = torch.zeros(2, 1, SIZE, SIZE)
+    batch = {"image": images, "gt_mask": mask, "gt_label": torch.tensor([0, 1])}
+    with torch.no_grad():
+        returned = module._eval_step(batch, Recorder())
+    assert seen["map"].shape == seen["mask"].shape == (2, 1, 24, 24)
+    assert returned["anomaly_map"].shape == (2, 1, SIZE, SIZE)  # pictures keep the whole map
+
+
+def test_batch_ratio_mode_is_the_official_batch_wide_maximum() -> None:
+    module = _module(ratio_mode="batch").eval()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        x0 = module.reconstruct(images, images, 1.0, _seeded())
+        d_f, d_p = module.distances(images, x0)
+        expected = d_f + (d_f.max() / d_p.max()) * d_p
+        torch.testing.assert_close(module.anomaly_map(images, x0), expected)
+    with pytest.raises(ValueError, match="ratio_mode"):
+        _module(ratio_mode="test_set")
+
+
+def test_domain_adaptation_draws_noise_per_image() -> None:
+    """The official DA reconstructions use i.i.d. noise per image, not one shared draw."""
+    module = _module("domain_adaptation")
+    seen: list[torch.Tensor] = []
+    base = module.noise_scheduler.noise_fn.base
+
+    def recording(like: torch.Tensor, t: object = None, generator: object = None) -> torch.Tensor:
+        noise = base(like, t, generator)
+        seen.append(noise)
+        return noise
+
+    module.noise_scheduler.noise_fn.base = recording
+    module._adaptation_step(torch.rand(4, 3, SIZE, SIZE))
+    assert seen and all(n.shape[0] == 2 for n in seen)  # drawn for both images of the half-batch
+    assert not torch.equal(seen[0][0], seen[0][1])
+    assert isinstance(module.noise_scheduler.noise_fn, RepeatedNoise)  # restored afterwards
+
+
+def test_training_loader_drops_the_last_partial_batch(synthetic_root: Path) -> None:
+    from adlab.data import SyntheticDataModule
+
+    kwargs = dict(root=str(synthetic_root), category="weave", image_size=32, batch_size=5)
+    kwargs |= {"gen_image_size": 32, "n_train": 16, "n_test_good": 4, "n_test_per_defect": 2}
+    for drop_last, batches in [(False, 4), (True, 3)]:  # 16 images, batch 5
+        dm = SyntheticDataModule(**kwargs, drop_last=drop_last)
+        dm.setup("fit")
+        assert len(dm.train_dataloader()) == batches

@@ -233,6 +233,8 @@ class MVTecLayoutDataModule(LightningDataModule):
         allow_missing_masks: keep anomalous test images without a mask (``has_mask`` False).
         category_type: ``texture`` or ``object``; default: MVTec's textures are ``texture``.
         seed: seed of the validation split.
+        drop_last: drop the last partial training batch (DDAD's official loaders; a 2-image
+            remainder would otherwise update BatchNorm statistics on its own).
     """
 
     def __init__(
@@ -250,8 +252,10 @@ class MVTecLayoutDataModule(LightningDataModule):
         allow_missing_masks: bool = False,
         category_type: str | None = None,
         seed: int = 0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
+        self.drop_last = drop_last
         self.root = Path(os.path.expanduser(str(root)))
         self.category = category
         self.name = name
@@ -420,7 +424,9 @@ class MVTecLayoutDataModule(LightningDataModule):
         _verify_files(files)
         return self._dataset([Sample(p, -1, UNLABELLED) for p in files])
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False
+    ) -> DataLoader:
         # Evaluation under DDP: each image on exactly one rank. Lightning's default sampler pads
         # the ranks with repeated images, which would count them twice in the gathered metrics.
         sampler = None
@@ -433,6 +439,7 @@ class MVTecLayoutDataModule(LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -441,9 +448,10 @@ class MVTecLayoutDataModule(LightningDataModule):
         Single process: :class:`EpochSeededSampler` on ``torch.initial_seed()`` (set by
         ``seed_everything``), so a resumed run repeats the uninterrupted run's batches. Under
         DDP, Lightning's ``DistributedSampler`` (seeded, ``set_epoch``) does the same.
+        ``drop_last`` drops the last partial batch (DDAD's official loaders).
         """
         if dist.is_available() and dist.is_initialized():
-            return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+            return self._loader(self.train_dataset, self.batch_size, True, self.drop_last)
         sampler = EpochSeededSampler(len(self.train_dataset), torch.initial_seed())
         return DataLoader(
             self.train_dataset,
@@ -451,6 +459,7 @@ class MVTecLayoutDataModule(LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            drop_last=self.drop_last,
         )
 
     def val_dataloader(self) -> DataLoader | list:

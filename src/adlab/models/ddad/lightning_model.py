@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -30,8 +32,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
+from adlab.metrics import AnomalyMetrics
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.ddad.torch_model import (
+    center_crop,
     combine_distances,
     ddad_condition,
     domain_adaptation_loss,
@@ -44,6 +48,19 @@ from adlab.types import AnomalyOutput
 log = logging.getLogger(__name__)
 Stage = Literal["diffusion", "domain_adaptation"]
 STAGES = ("diffusion", "domain_adaptation")
+RatioMode = Literal["calibrated", "batch", "image"]
+RATIO_MODES = ("calibrated", "batch", "image")
+
+
+@contextmanager
+def per_image_noise(scheduler: DiffusionScheduler) -> Iterator[None]:
+    """Temporarily replace a :class:`RepeatedNoise` sampler noise by its per-image base noise."""
+    shared = scheduler.noise_fn
+    scheduler.noise_fn = getattr(shared, "base", shared)
+    try:
+        yield
+    finally:
+        scheduler.noise_fn = shared
 
 
 class DDADModule(AnomalyModule):
@@ -68,8 +85,14 @@ class DDADModule(AnomalyModule):
         map_sigma: Gaussian smoothing of the map (paper: 4).
         ratio_images: Normal training images (the first, in file order) used to calibrate the
             pixel-term ratio ``max D_f / max D_p`` for the weights of every checkpoint saved
-            while fitting and at the end of the fit (the official code takes it over the test
-            batch); 0 scales every image by its own ratio.
+            while fitting and at the end of the fit (``ratio_mode="calibrated"``); 0 scales
+            every image by its own ratio.
+        ratio_mode: ``calibrated`` (default: the ratio from ``ratio_images`` training images, so
+            a score does not depend on its batch), ``batch`` (the official code: maxima over the
+            test batch, e.g. 16 images) or ``image`` (each image's own maxima).
+        eval_crop: Official protocol: metrics on the central ``eval_crop`` x ``eval_crop`` of
+            the map and of the mask (224 of a 256 resize), the score = max of the map inside it.
+            The input is not cropped (the map is computed on the whole image). None: whole map.
         da_w: Conditioning weight of the domain-adaptation reconstructions (paper: 3).
         da_lambda: lambda of the domain-adaptation loss (paper: 0.1 MVTec, 0.01 VisA).
         ema_decay: EMA of the UNet weights used for sampling; 0 disables it (paper: none).
@@ -96,6 +119,8 @@ class DDADModule(AnomalyModule):
         map_layers: tuple[int, ...] = (1, 2),
         map_sigma: float = 4.0,
         ratio_images: int = 32,
+        ratio_mode: RatioMode = "calibrated",
+        eval_crop: int | None = None,
         da_w: float = 3.0,
         da_lambda: float = 0.1,
         ema_decay: float = 0.0,
@@ -106,6 +131,10 @@ class DDADModule(AnomalyModule):
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if ratio_mode not in RATIO_MODES:
+            raise ValueError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
+        if eval_crop is not None and eval_crop < 1:
+            raise ValueError(f"eval_crop must be a positive size or null, got {eval_crop}")
         if not 1 <= num_steps <= t_start <= noise_scheduler.num_train_timesteps:
             raise ValueError(
                 f"need 1 <= num_steps <= t_start <= T ({noise_scheduler.num_train_timesteps}); "
@@ -194,9 +223,19 @@ class DDADModule(AnomalyModule):
         return d_f, pixel_distance(images * 2 - 1, x0)
 
     def anomaly_map(self, images: Tensor, x0: Tensor) -> Tensor:
-        """Unsmoothed map ``(B, 1, H, W)``, with the calibrated ratio if there is one."""
-        ratio = None if torch.isnan(self.pixel_ratio) else self.pixel_ratio
-        return combine_distances(*self.distances(images, x0), self.hparams.v, ratio)
+        """Unsmoothed map ``(B, 1, H, W)``; the pixel-term ratio follows ``ratio_mode``
+        (``calibrated`` falls back to per image until a ratio is calibrated)."""
+        d_f, d_p = self.distances(images, x0)
+        ratio: Tensor | None = None
+        if self.hparams.ratio_mode == "batch":  # official anomaly_map.py: maxima over the batch
+            ratio = d_f.max() / d_p.max().clamp(min=1e-8)
+        elif self.hparams.ratio_mode == "calibrated" and not torch.isnan(self.pixel_ratio):
+            ratio = self.pixel_ratio
+        return combine_distances(d_f, d_p, self.hparams.v, ratio)
+
+    def crop(self, x: Tensor) -> Tensor:
+        """The evaluation crop of a map or mask ``(B, C, H, W)`` (identity without one)."""
+        return center_crop(x, self.hparams.eval_crop) if self.hparams.eval_crop else x
 
     def calibrate_pixel_ratio(self, images: Tensor) -> float:
         """Set ``pixel_ratio = max D_f / max D_p`` over normal images ``(N, 3, H, W)`` in [0, 1].
@@ -215,7 +254,20 @@ class DDADModule(AnomalyModule):
         generator = torch.Generator(device=images.device).manual_seed(self.hparams.eval_seed)
         x0 = self.reconstruct(images, images, self.hparams.w, generator)
         anomaly_map = gaussian_smooth(self.anomaly_map(images, x0), self.hparams.map_sigma)
-        return AnomalyOutput(anomaly_map, max_score(anomaly_map), ((x0 + 1) / 2).clamp(0, 1))
+        score = max_score(self.crop(anomaly_map))  # inside the evaluation crop, if any
+        return AnomalyOutput(anomaly_map, score, ((x0 + 1) / 2).clamp(0, 1))
+
+    def _eval_step(self, batch: T.Batch, metrics: AnomalyMetrics) -> dict[str, Any]:
+        """With ``eval_crop``: pixel metrics on the cropped map and mask (official protocol);
+        the returned outputs keep the whole map (sample pictures)."""
+        if not self.hparams.eval_crop:
+            return super()._eval_step(batch, metrics)
+        out = self.evaluate_images(batch[T.IMAGE])
+        anomaly_map = self.crop(out.anomaly_map)
+        self._epoch_range.append(torch.stack((anomaly_map.min(), anomaly_map.max())))
+        mask = self.crop(batch[T.GT_MASK])
+        metrics.update(out.pred_score, batch[T.GT_LABEL], anomaly_map, mask, batch.get(T.HAS_MASK))
+        return out._asdict()
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: T.Batch, batch_idx: int) -> Tensor | None:
@@ -249,7 +301,8 @@ class DDADModule(AnomalyModule):
         phibar = self.frozen_extractor()
         y, x = images[:half], images[half : 2 * half]
         self.sampling_unet().eval()
-        x0 = (self.reconstruct(x, y, self.hparams.da_w) + 1) / 2
+        with per_image_noise(self.noise_scheduler):  # official: i.i.d. noise for every image
+            x0 = (self.reconstruct(x, y, self.hparams.da_w) + 1) / 2
         with torch.no_grad():
             phibar_x0, phibar_y = phibar(x0), phibar(y)
         phi_x0, phi_y = self.feature_extractor(x0), self.feature_extractor(y)
@@ -264,6 +317,8 @@ class DDADModule(AnomalyModule):
         Under DDP rank 0's ratio is broadcast, so every rank (and every file) holds one value.
         """
         count = self.hparams.ratio_images
+        if self.hparams.ratio_mode != "calibrated":
+            count = 0
         if not count or self._calibrated_at == self.global_step:
             return
         images = self.trainer.datamodule.first_train_images(count).to(self.device)
