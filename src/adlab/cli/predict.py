@@ -2,18 +2,21 @@
 
 ``backend=lightning`` restores the module from ``ckpt_path`` alone
 (:func:`adlab.checkpoint.restore`); ``backend=onnx`` runs the exported graph in onnxruntime
-(``onnx_path``, default: ``ckpt_path`` with ``.onnx``) with the JSON beside it, without Lightning
-or the model code. Both write the same outputs (:class:`adlab.deploy.OutputWriter`): per image
-``masks/<name>.png`` and ``overlays/<name>.png`` at the original image size, ``<name>`` being the
-image's path relative to ``input``, and ``predictions.csv`` with the thresholds used.
+(``onnx_path``, default: ``ckpt_path`` with ``.onnx``) with the JSON (and, for diffusion
+methods, the recorded sampling noise) beside it, without Lightning or the model code. Both write
+the same outputs (:class:`adlab.deploy.OutputWriter`): per image ``masks/<name>.png`` and
+``overlays/<name>.png`` at the original image size, ``<name>`` being the image's path relative
+to ``input``, and ``predictions.csv`` with the thresholds used.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -61,7 +64,9 @@ def onnx_scorer(cfg: DictConfig) -> tuple[Scorer, DeployInfo]:
                 f"ckpt_path={cfg.get('ckpt_path')} format=onnx (or set onnx_path=FILE.onnx)"
             )
     session = onnx_session(path)
-    return (lambda images: run_onnx(session, images)), DeployInfo.from_json(sidecar)
+    noise_file = json.loads(sidecar.read_text()).get("noise")  # diffusion methods' draws
+    noise = None if noise_file is None else np.load(path.parent / noise_file)
+    return (lambda images: run_onnx(session, images, noise)), DeployInfo.from_json(sidecar)
 
 
 BACKENDS = {"lightning": lightning_scorer, "onnx": onnx_scorer}
