@@ -6,6 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import adlab  # noqa: F401  (registers the adlab_stored config resolver)
+
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
 

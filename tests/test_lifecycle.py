@@ -81,8 +81,11 @@ def _fit(model: str, tmp: Path, data: Path) -> tuple[dict, Path]:
     return train.run(cfg), Path(cfg.paths.output_dir) / "checkpoints" / "model.ckpt"
 
 
-def _reevaluate(ckpt: Path, tmp: Path, data: Path) -> tuple[dict, pd.Series]:
+def _reevaluate(model: str, ckpt: Path, tmp: Path, data: Path) -> tuple[dict, pd.Series]:
+    """``train=false`` without ``model=``: the stored config, and a run dir named after it."""
     cfg = compose_train(tmp, data, ["train=false", f"ckpt_path={ckpt}", "trainer=smoke", *FAST])
+    assert cfg.model_name == model
+    assert Path(cfg.hydra.run.dir).parts[-4:-1] == (model, "synthetic", "weave")
     HydraConfig().set_config(cfg)
     results = train.run(cfg)
     return results, pd.read_csv(cfg.paths.results_csv).iloc[0]
@@ -150,7 +153,7 @@ def test_life_cycle(
     restored = restore(ckpt)
     assert not math.isnan(restored.model.image_threshold), "thresholds lost in the checkpoint"
     _check_hub_config_restores_offline(ckpt, tmp_path, restored.model.state_dict())
-    again, row = _reevaluate(ckpt, tmp_path / "eval", synthetic_root)
+    again, row = _reevaluate(model, ckpt, tmp_path / "eval", synthetic_root)
     for key, value in first.items():
         assert again[key] == pytest.approx(value, abs=0, rel=0, nan_ok=True), key
     assert row.model == model and row.ckpt_path == str(ckpt) and len(row.config_sha1) == 12

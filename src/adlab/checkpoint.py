@@ -13,6 +13,7 @@ Every entry point that reads a checkpoint (``train.py train=false``, ``predict.p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -189,11 +190,14 @@ def stored_run_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
     """
     model = OmegaConf.create(meta["model_cfg"])
     dataset = OmegaConf.create(meta["dataset_cfg"])
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
+    if choice is None and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model")
     for text in _task_overrides(cfg):
         name = text.split("=", 1)[0].lstrip("+~")
-        if name == "model" and cfg.model_name != meta["model_name"]:
+        if name == "model" and choice != meta["model_name"]:
             raise ValueError(
-                f"{cfg.ckpt_path} holds a '{meta['model_name']}' model but model={cfg.model_name} "
+                f"{cfg.ckpt_path} holds a '{meta['model_name']}' model but model={choice} "
                 f"was given; drop model= (the checkpoint's config is used) or pass "
                 f"model={meta['model_name']}"
             )
@@ -209,3 +213,40 @@ def stored_run_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
     with open_dict(out):
         out.model, out.dataset, out.model_name = model, dataset, meta["model_name"]
     return out
+
+
+_STORED_KEYS = {
+    "model_name": (),
+    "dataset": ("dataset", "dataset.name"),
+    "category": ("dataset", "category", "dataset.category"),
+}
+"""Stored run facts the config can name (``adlab_stored``) -> overrides that take precedence."""
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_meta(path: str) -> dict[str, Any] | None:
+    """The ``adlab_run`` entry of a checkpoint (memory-mapped, safe), None if unreadable."""
+    try:
+        with safe_loading():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return dict(ckpt[META_KEY])
+    except Exception:  # noqa: BLE001 - the run itself reports a bad file clearly
+        return None
+
+
+def stored_value(key: str, composed: Any, root: DictConfig) -> Any:
+    """With ``train=false ckpt_path=FILE``, the run's ``key`` stored in FILE, else ``composed``.
+
+    Names the run dir of a re-evaluation after the stored model, dataset and category (not the
+    composed defaults); an explicit ``dataset=`` / ``category=`` / ``dataset.category=`` override
+    wins for the dataset parts, as it does in :func:`stored_run_config`.
+    """
+    if key not in _STORED_KEYS:
+        raise ValueError(f"adlab_stored: unknown key {key!r}, expected one of {list(_STORED_KEYS)}")
+    if root.get("train", True) or not root.get("ckpt_path"):
+        return composed
+    overridden = {t.split("=", 1)[0].lstrip("+~") for t in _task_overrides(root)}
+    if overridden & set(_STORED_KEYS[key]):
+        return composed
+    meta = _stored_meta(str(root.ckpt_path))
+    return composed if meta is None else meta.get(key, composed)
