@@ -290,3 +290,35 @@ def test_teacher_asks_for_torchvision_weights(config: str) -> None:
     pretrained = get_pretrained_cfg(teacher.name)
     assert pretrained.tag == "tv_in1k"
     assert pretrained.url == "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth"
+
+
+def test_calibration_on_held_out_normal_images_and_w0_score_reported(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    """calibration_source=val: min-max statistics from dataset.val_split=from_train images (not
+    the images the model fit); the results row carries the w = 0 score's AUROC as well."""
+    overrides = ["model=dmad", "trainer=smoke", "+smoke=dmad", "trainer.max_epochs=1"]
+    overrides += ["dataset.val_split=from_train", "dataset.val_fraction=0.25", "logger=none"]
+    overrides += ["model.calibration_source=val", "model.calibration_images=4"]
+    cfg = compose_train(tmp_path, synthetic_root, overrides)
+    HydraConfig().set_config(cfg)
+    train.run(cfg)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    held_out = torch.stack([datamodule.val_dataset[i][T.IMAGE] for i in range(4)])
+    module, _ = restore(tmp_path / "run" / "checkpoints" / "model.ckpt")
+    stored = module.calibration.clone()
+    assert torch.allclose(module.eval().calibrate(held_out), stored, rtol=1e-4, atol=1e-6)
+    row = pd.read_csv(cfg.paths.results_csv).iloc[0]
+    assert 0 <= row.img_auroc_w0 <= 1 and 0 <= row.img_auc <= 1
+
+
+def test_held_out_calibration_needs_a_held_out_split(tmp_path: Path, synthetic_root: Path) -> None:
+    overrides = ["model=dmad", "trainer=smoke", "+smoke=dmad", "trainer.max_epochs=1"]
+    overrides += ["model.calibration_source=val", "logger=none"]
+    cfg = compose_train(tmp_path, synthetic_root, overrides)
+    HydraConfig().set_config(cfg)
+    with pytest.raises(ValueError, match="val_split=from_train"):
+        train.run(cfg)
+    with pytest.raises(ValueError, match="calibration_source"):
+        DMADModule(_tiny_model(), calibration_source="test")

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from adlab import types as T
+from adlab.metrics import AnomalyMetrics
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.dmad.loss import dmad_losses, feature_discrepancy
 from adlab.models.dmad.torch_model import DMADModel
@@ -28,6 +30,7 @@ from adlab.postprocess import gaussian_smooth, max_score
 from adlab.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
+CALIBRATION_SOURCES = ("train", "val")
 
 
 def minmax(values: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -51,6 +54,11 @@ class DMADModule(AnomalyModule):
         map_sigma: Gaussian smoothing of M' and O in pixels (official: 4 at 256 px).
         calibration_images: Normal training images whose per-image maxima fix the min-max
             normalisation at the end of each fit; 0 leaves M' and O unnormalised.
+        calibration_source: ``train`` (the first training images, which the model has fit) or
+            ``val`` (held-out normal images: needs ``dataset.val_split=from_train``).
+
+    The test also reports ``img_auroc_w0``, the image AUROC of the pure reverse-distillation
+    score max M_n (w = 0), next to the combined one.
         smoothing_sigma: Extra shared smoothing (base class).
         pixel_metrics: Compute pixel metrics.
     """
@@ -65,9 +73,15 @@ class DMADModule(AnomalyModule):
         w: float = 0.05,
         map_sigma: float = 4.0,
         calibration_images: int = 64,
+        calibration_source: Literal["train", "val"] = "train",
         smoothing_sigma: float = 0.0,
         pixel_metrics: bool = True,
     ) -> None:
+        if calibration_source not in CALIBRATION_SOURCES:
+            raise ValueError(
+                f"calibration_source must be one of {CALIBRATION_SOURCES}, got "
+                f"{calibration_source!r}"
+            )
         if w < 0 or map_sigma < 0 or calibration_images < 0:
             raise ValueError(
                 f"w, map_sigma and calibration_images must be >= 0, got w={w}, "
@@ -79,6 +93,8 @@ class DMADModule(AnomalyModule):
         # (low M, high M, low O, high O) over normal training images; NaN until calibrated.
         self.register_buffer("calibration", torch.full((4,), math.nan))
         self._calibrated_at = -1  # global step of the last calibration
+        self.rd_metrics = AnomalyMetrics(pixel_metrics=False)  # the pure RD score (w = 0)
+        self._rd_score: Tensor | None = None
 
     # ------------------------------------------------------------------ detection
     def raw_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,7 +112,8 @@ class DMADModule(AnomalyModule):
         low_m, high_m, low_o, high_o = self.calibration
         m, o = minmax(m, low_m, high_m), minmax(o, low_o, high_o)
         w = self.hparams.w
-        score = max_score(m) + w * max_score(o)
+        self._rd_score = max_score(m).detach()
+        score = self._rd_score + w * max_score(o)
         if not torch.isfinite(score).all():
             raise FloatingPointError(f"DMAD produced non-finite scores {score.tolist()}")
         return AnomalyOutput(m + w * o, score)
@@ -127,7 +144,7 @@ class DMADModule(AnomalyModule):
         count = self.hparams.calibration_images
         if not count or self._calibrated_at == self.global_step:
             return
-        images = self.trainer.datamodule.first_train_images(count).to(self.device)
+        images = self.calibration_set(count).to(self.device)
         was_training = self.training
         self.eval()
         stats = self.calibrate(images, self.trainer.datamodule.eval_batch_size)
@@ -136,6 +153,46 @@ class DMADModule(AnomalyModule):
         log.debug(
             "DMAD calibration (M low/high, O low/high) %s at step %d", stats, self.global_step
         )
+
+    def calibration_set(self, count: int) -> Tensor:
+        """The first ``count`` normal images of ``calibration_source``, ``(N, 3, H, W)``."""
+        datamodule = self.trainer.datamodule
+        if self.hparams.calibration_source == "train":
+            return datamodule.first_train_images(count)
+        self._check_calibration_source()
+        dataset = datamodule.val_dataset
+        return torch.stack([dataset[i][T.IMAGE] for i in range(min(count, len(dataset)))])
+
+    def _check_calibration_source(self) -> None:
+        datamodule = self.trainer.datamodule
+        if self.hparams.calibration_source == "val" and (
+            getattr(datamodule, "val_split", None) != "from_train"
+        ):
+            raise ValueError(
+                "model.calibration_source=val calibrates on held-out normal training images: "
+                "set dataset.val_split=from_train (got val_split="
+                f"{getattr(datamodule, 'val_split', None)!r})"
+            )
+
+    def setup(self, stage: str) -> None:
+        """Refuse ``calibration_source=val`` without a held-out split before any training."""
+        if stage == "fit" and self._trainer is not None and self.trainer.datamodule is not None:
+            self._check_calibration_source()
+
+    def test_step(self, batch: T.Batch, batch_idx: int) -> dict[str, Any]:
+        out = super().test_step(batch, batch_idx)
+        if self._rd_score is not None:
+            self.rd_metrics.update(self._rd_score, batch[T.GT_LABEL])
+        return out
+
+    def on_test_epoch_end(self) -> None:
+        """Base metrics, plus ``img_auroc_w0`` (in the results row and the logs)."""
+        super().on_test_epoch_end()
+        value = self.rd_metrics.compute()["img_auroc"] if self.rd_metrics.update_count else math.nan
+        self.rd_metrics.reset()
+        if not math.isnan(value):
+            self.log("test/img_auroc_w0", value)
+            self.test_results["img_auroc_w0"] = value
 
     def on_validation_epoch_start(self) -> None:
         """While fitting, validation (and its F1 thresholds) scores like the test will."""
