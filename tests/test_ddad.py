@@ -312,3 +312,9 @@ def test_training_loader_drops_the_last_partial_batch(synthetic_root: Path) -> N
         dm = SyntheticDataModule(**kwargs, drop_last=drop_last)
         dm.setup("fit")
         assert len(dm.train_dataloader()) == batches
+
+
+def test_ema_copy_is_frozen() -> None:
+    module = _module(ema_decay=0.999)
+    assert module.ema is not None
+    assert not any(p.requires_grad for p in module.ema.parameters())

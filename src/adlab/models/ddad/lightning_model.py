@@ -158,11 +158,10 @@ class DDADModule(AnomalyModule):
         self.unet = unet.requires_grad_(not adapting)
         self.noise_scheduler = noise_scheduler
         self.feature_extractor = feature_extractor.set_trainable(adapting)
-        self.ema = (
-            AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            if ema_decay > 0
-            else None
-        )
+        self.ema = None
+        if ema_decay > 0:  # a frozen copy: DDP rejects trainable parameters without gradients
+            self.ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.ema.requires_grad_(False)
         # max D_f / max D_p over normal training images; NaN until calibrated (per-image ratio).
         self.register_buffer("pixel_ratio", torch.tensor(float("nan")))
         self._calibrated_at = -1  # global step of the last calibration
