@@ -142,13 +142,16 @@ def restore(ckpt_path: str | Path, trust: bool = False) -> Restored:
 
 
 def config_digest(meta: dict[str, Any]) -> str:
-    """Short SHA-1 of the resolved model and dataset configs a run used (results rows)."""
+    """``sha1:<12 hex>`` of the resolved model and dataset configs a run used (results rows).
+
+    The prefix keeps CSV readers from parsing digests such as ``1234e5678901`` as numbers.
+    """
     text = json.dumps(
         {"model": meta.get("model_cfg"), "dataset": meta.get("dataset_cfg")},
         sort_keys=True,
         default=str,
     )
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return "sha1:" + hashlib.sha1(text.encode()).hexdigest()[:12]  # never read as a number
 
 
 # ---------------------------------------------------------------- the stored config, re-evaluated
