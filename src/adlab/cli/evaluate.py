@@ -200,7 +200,9 @@ def _row(
         "technique": technique,
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
+        "stage": str(meta["model_cfg"].get("stage", "")),
         "ckpt_path": str(path),
+        "config_sha1": meta.get("config_sha1", ""),
         "run_dir": str(path.parent.parent) if path.parent.name == "checkpoints" else "",
     }
 
