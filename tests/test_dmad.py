@@ -190,6 +190,30 @@ def test_scores_independent_of_batch_and_calibrated() -> None:
     assert torch.allclose(torch.cat([s.anomaly_map for s in single]), batch.anomaly_map, atol=1e-5)
 
 
+def test_map_terms_are_scaled_by_their_pixel_range() -> None:
+    """The map is M' and O min-max normalised over the pixels of the calibration images (the
+    official pixel evaluation's global min-max), so w weighs O against M' on their pixel scale.
+    With inverse fields at their limit on every image the maxima of O hardly vary, and scaling
+    the map by the range of the maxima made w O outweigh M' (maps hottest on the background)."""
+    torch.manual_seed(0)
+    module = DMADModule(_tiny_model(official_init=False), w=0.05, map_sigma=1.0).eval()
+    for head in (module.model.offset_net.inverse_coarse, module.model.offset_net.inverse_fine):
+        head[-2].bias.data.fill_(1.0)  # inverse fields near their limit on every image
+    images = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        module.calibrate(images, batch_size=3)
+        m, o = module.raw_maps(images)
+        anomaly_map = module.predict_anomaly(images).anomaly_map
+    low_o, high_o = module.calibration[2:]
+    assert high_o - low_o < 0.1 * (o.amax() - o.amin())  # the maxima of O barely vary
+    torch.testing.assert_close(
+        module.pixel_calibration, torch.stack((m.amin(), m.amax(), o.amin(), o.amax()))
+    )
+    assert anomaly_map.min() >= -1e-5 and anomaly_map.max() <= 1.05 + 1e-5
+    m_n = (m - m.amin()) / (m.amax() - m.amin())
+    assert (anomaly_map - m_n).abs().max() <= 0.05 + 1e-5  # O moves the map by at most w
+
+
 def test_official_sizes_with_wide_resnet50() -> None:
     """Parameter counts of the official WRN-50-2 setup, less its unused layers: the CoordConv
     parent weights (38,720 of OffsetNet's 572,040) and BN_layer's conv4 + bn4 (1,050,624)."""

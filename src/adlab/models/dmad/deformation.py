@@ -190,8 +190,8 @@ class OffsetNet(nn.Module):
     ) -> None:
         super().__init__()
         for key, value in (("coarse_fraction", coarse_fraction), ("fine_fraction", fine_fraction)):
-            if not 0 < value <= 1:
-                raise ValueError(f"OffsetNet {key} must be in (0, 1] (of the side), got {value}")
+            if not 0 <= value <= 1:
+                raise ValueError(f"OffsetNet {key} must be in [0, 1] (of the side), got {value}")
         self.coarse_fraction, self.fine_fraction = coarse_fraction, fine_fraction
         self.stem = nn.Sequential(
             CoordConv(in_channels, width, 3, coord_cell),

@@ -5,10 +5,11 @@ compression bottleneck (VQ) and the student decoder reconstruct the teacher's ma
 L_rd + L_offset + vq_weight L_vq (``loss.py``).
 
 Detection (official ``test.py``): M = feature discrepancy, mapped back through the inverse warp
-and Gaussian-smoothed; O = composed inverse-field magnitude, smoothed. Each is min-max normalised
-with the per-image maxima of normal *training* images (the official code uses the test set),
-recomputed for the current weights before validation, before each checkpoint save and at the
-end of the fit; map = M_n + w O_n, score = max M_n + w max O_n. See ``README.md``.
+and Gaussian-smoothed; O = composed inverse-field magnitude, smoothed. Both are min-max normalised
+with statistics of normal *training* images (the official code uses the test set), recomputed
+for the current weights before validation, before each checkpoint save and at the end of the
+fit: the score max M_n + w max O_n with the range of the per-image maxima (official "sp" mode),
+the map M_p + w O_p with the range of the pixel values (official "px" mode). See ``README.md``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class DMADModule(AnomalyModule):
         w: Weight of the deformation cue in map and score (official: 0.2 for screw, carpet,
             metal_nut, else 0.05); 0 gives the pure reverse-distillation score.
         map_sigma: Gaussian smoothing of M' and O in pixels (official: 4 at 256 px).
-        calibration_images: Normal training images whose per-image maxima fix the min-max
-            normalisation at the end of each fit; 0 leaves M' and O unnormalised.
+        calibration_images: Normal training images whose per-image maxima (score) and pixel
+            values (map) fix the min-max normalisation at the end of each fit; 0 leaves M' and
+            O unnormalised.
         calibration_source: ``train`` (the first training images, which the model has fit) or
             ``val`` (held-out normal images: needs ``dataset.val_split=from_train``).
 
@@ -90,8 +92,10 @@ class DMADModule(AnomalyModule):
         super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
-        # (low M, high M, low O, high O) over normal training images; NaN until calibrated.
+        # (low M, high M, low O, high O) over normal training images; NaN until calibrated:
+        # of the per-image maxima (the score) and of the pixel values (the map).
         self.register_buffer("calibration", torch.full((4,), math.nan))
+        self.register_buffer("pixel_calibration", torch.full((4,), math.nan))
         self._calibrated_at = -1  # global step of the last calibration
         self.rd_metrics = AnomalyMetrics(pixel_metrics=False)  # the pure RD score (w = 0)
         self._rd_score: Tensor | None = None
@@ -107,27 +111,43 @@ class DMADModule(AnomalyModule):
         return m, o
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)`` = M_n + w O_n and score ``(B,)`` = max M_n + w max O_n."""
+        """Map ``(B, 1, H, W)`` = M_p + w O_p and score ``(B,)`` = max M_n + w max O_n.
+
+        ``_n``: min-max over the per-image maxima of the calibration images (``calibration``);
+        ``_p``: over their pixel values (``pixel_calibration``), so that w weighs the two map
+        terms on the scale of their pixels, as the official pixel evaluation does. The range of
+        the maxima of O is tiny when the inverse fields reach their limit on every image (a
+        fraction of a percent of O's pixel range), and with it w O_n outweighed M_n in the map.
+        """
         m, o = self.raw_maps(images)
         low_m, high_m, low_o, high_o = self.calibration
-        m, o = minmax(m, low_m, high_m), minmax(o, low_o, high_o)
         w = self.hparams.w
-        self._rd_score = max_score(m).detach()
-        score = self._rd_score + w * max_score(o)
+        self._rd_score = max_score(minmax(m, low_m, high_m)).detach()
+        score = self._rd_score + w * max_score(minmax(o, low_o, high_o))
         if not torch.isfinite(score).all():
             raise FloatingPointError(f"DMAD produced non-finite scores {score.tolist()}")
-        return AnomalyOutput(m + w * o, score)
+        low_m, high_m, low_o, high_o = self.pixel_calibration
+        return AnomalyOutput(minmax(m, low_m, high_m) + w * minmax(o, low_o, high_o), score)
 
     @torch.no_grad()
     def calibrate(self, images: Tensor, batch_size: int = 8) -> Tensor:
-        """Set ``calibration`` from normal images ``(N, 3, H, W)`` in [0, 1]; returns it."""
-        maxima = []
+        """Set ``calibration`` (range of the per-image maxima of M' and O) and
+        ``pixel_calibration`` (range of their pixel values) from normal images
+        ``(N, 3, H, W)`` in [0, 1]; returns ``calibration``."""
+        maxima, pixels = [], []
         for chunk in images.split(batch_size):
             m, o = self.raw_maps(chunk)
             maxima.append(torch.stack((max_score(m), max_score(o)), dim=1))
+            pixels.append(torch.stack((m.amin(), m.amax(), o.amin(), o.amax())))
         stats = torch.cat(maxima)
         low, high = stats.amin(dim=0), stats.amax(dim=0)
         self.calibration.copy_(torch.stack((low[0], high[0], low[1], high[1])))
+        pixels = torch.stack(pixels)
+        self.pixel_calibration.copy_(
+            torch.stack(
+                (pixels[:, 0].min(), pixels[:, 1].max(), pixels[:, 2].min(), pixels[:, 3].max())
+            )
+        )
         return self.calibration
 
     # ------------------------------------------------------------------ training
@@ -208,8 +228,21 @@ class DMADModule(AnomalyModule):
         if self.trainer.state.fn == TrainerFn.FITTING:
             self._calibrate_current_weights()
             checkpoint["state_dict"]["calibration"] = self.calibration.detach().clone()
+            checkpoint["state_dict"]["pixel_calibration"] = self.pixel_calibration.detach().clone()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before ``pixel_calibration`` scale the map as they were made:
+        with the per-image maxima (``calibration``). Extends the base hook."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        if "calibration" in state:
+            state.setdefault("pixel_calibration", state["calibration"].clone())
 
     def on_train_end(self) -> None:
         """Fix the min-max normalisation for the final weights."""
         self._calibrate_current_weights()
-        log.info("DMAD calibration (M low/high, O low/high) %s", self.calibration.tolist())
+        log.info(
+            "DMAD calibration (M low/high, O low/high) maxima %s, pixels %s",
+            self.calibration.tolist(),
+            self.pixel_calibration.tolist(),
+        )
