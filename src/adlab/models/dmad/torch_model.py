@@ -192,6 +192,9 @@ class CompressionBottleneck(nn.Module):
         num_codes: VQ codebook size K (official: 200).
         vq_beta: Commitment weight (official: 0.25).
         use_vq: Quantise the last level (official "sp" mode) or not ("px" mode).
+        vq_detach: Quantise a detached copy of the last level (official: False): the VQ loss
+            and the straight-through code then train the codebook only, not the offset net
+            in front of the frozen teacher (see :class:`DMADModel`).
         num_blocks: Bottleneck blocks (official: 3).
         width: Inner width of the blocks (default: the last level's channels, 1024 for WRN-50).
         out_channels: Embedding channels (default: twice the last level's, 2048).
@@ -208,8 +211,10 @@ class CompressionBottleneck(nn.Module):
         num_blocks: int = 3,
         width: int | None = None,
         out_channels: int | None = None,
+        vq_detach: bool = False,
     ) -> None:
         super().__init__()
+        self.vq_detach = vq_detach
         last = channels[-1]
         self.reduce = nn.ModuleList(_conv_bn_relu(c, reduce_channels) for c in channels)
         self.down = nn.ModuleList(
@@ -242,7 +247,7 @@ class CompressionBottleneck(nn.Module):
         if self.vq is None:
             code, vq_loss, indices = last, last.new_zeros(()), None
         else:
-            code, vq_loss, indices = self.vq(last)
+            code, vq_loss, indices = self.vq(last.detach() if self.vq_detach else last)
         return Compressed(self.blocks(torch.cat([*reduced, code], dim=1)), vq_loss, indices)
 
 
@@ -327,6 +332,13 @@ class DMADModel(nn.Module):
         decoder_blocks, decoder_width_ratio: :class:`StudentDecoder`.
         official_init: Re-initialise the bottleneck and decoder with :func:`kaiming_init_` (the
             official code); False keeps PyTorch's default init.
+        vq_detach: Keep the VQ loss out of the offset net (official: False). The teacher's last
+            level is a function of the pre-deformed input, so the commitment term
+            ``||sg(q) - z||^2`` also trains the deformation to warp the image toward the codes;
+            on magnetic tile its gradient on the forward heads is ~30x that of L_rd and L_offset
+            and drives the fields to a few pixels everywhere, which ruins the pixel maps. The
+            official pixel results come from a model without VQ ("px" mode), whose offset net
+            sees only L_rd and L_offset; ``vq_detach=True`` gives one model that does both.
     """
 
     def __init__(
@@ -342,6 +354,7 @@ class DMADModel(nn.Module):
         decoder_blocks: Sequence[int] = (3, 4, 6),
         decoder_width_ratio: float = 0.5,
         official_init: bool = True,
+        vq_detach: bool = False,
     ) -> None:
         super().__init__()
         self.teacher = teacher.set_trainable(False)
@@ -356,6 +369,7 @@ class DMADModel(nn.Module):
             use_vq,
             bottleneck_blocks,
             bottleneck_width,
+            vq_detach=vq_detach,
         )
         self.decoder = StudentDecoder(
             channels,
