@@ -55,10 +55,14 @@ class Run:
     error: str = ""
 
 
+def smoke_setting(model: str, key: str, default: object) -> object:
+    """A top-level ``smoke_*`` value of ``configs/smoke/<model>.yaml``."""
+    return OmegaConf.load(ROOT / "configs" / "smoke" / f"{model}.yaml").get(key, default)
+
+
 def smoke_bar(model: str) -> float | None:
     """The image-AUROC bar the smoke test applies to ``model`` (None: no bar, random weights)."""
-    cfg = OmegaConf.load(ROOT / "configs" / "smoke" / f"{model}.yaml")
-    bar = cfg.get("smoke_min_img_auroc", DEFAULT_BAR)
+    bar = smoke_setting(model, "smoke_min_img_auroc", DEFAULT_BAR)
     return None if bar is None else float(bar)
 
 
@@ -74,7 +78,7 @@ def overrides(run: Run, data_root: Path, out_dir: Path, extra: list[str]) -> lis
         "dataset=synthetic",
         f"dataset.category={CATEGORY}",
         f"dataset.root={data_root}",
-        f"dataset.image_size={data['image_size']}",
+        f"dataset.image_size={smoke_setting(run.model, 'smoke_image_size', data['image_size'])}",
         f"dataset.gen_image_size={data['image_size']}",
         f"dataset.n_train={data['n_train']}",
         f"dataset.n_test_good={data['n_test_good']}",
