@@ -2,11 +2,12 @@
 
 The smoke test (``tests/test_smoke.py``) trains every ``configs/model/<m>.yaml`` at its smoke size
 (``configs/smoke/<m>.yaml``) on the built-in ``weave`` detection set and asserts an image-AUROC
-bar (``smoke_min_img_auroc``, default :data:`DEFAULT_BAR`). CPUs and thread counts change float
-results, so a bar needs a margin measured over several runs: this script runs the same training
-through ``train.py`` once per (model, seed, threads), reads each run's ``results.csv``, and prints
-one table per model with the minimum and its margin over the bar (the rule: minimum >= bar +
-:data:`REQUIRED_MARGIN`). Not run by CI (about 1-3 minutes per run on 2 CPU cores).
+bar (``smoke_min_img_auroc``, default ``adlab.data.synthetic.SMOKE_DEFAULT_BAR``). CPUs and
+thread counts change float results, so a bar needs a margin measured over several runs: this
+script runs the same training through ``train.py`` once per (model, seed, threads), reads each
+run's ``results.csv``, and prints one table per model with the minimum and its margin over the
+bar (the rule: minimum >= bar + :data:`REQUIRED_MARGIN`). Not run by CI (about 1-3 minutes
+per run on 2 CPU cores).
 
 Usage (from the repository root)::
 
@@ -34,10 +35,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from adlab.data.synthetic import SMOKE_DETECT_SET, generate_category
+from adlab.data.synthetic import SMOKE_DEFAULT_BAR, SMOKE_DETECT_SET, generate_category
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BAR = 0.75  # tests/test_smoke.py's default for smoke_min_img_auroc
 REQUIRED_MARGIN = 0.05
 CATEGORY = "weave"
 
@@ -62,7 +62,7 @@ def smoke_setting(model: str, key: str, default: object) -> object:
 
 def smoke_bar(model: str) -> float | None:
     """The image-AUROC bar the smoke test applies to ``model`` (None: no bar, random weights)."""
-    bar = smoke_setting(model, "smoke_min_img_auroc", DEFAULT_BAR)
+    bar = smoke_setting(model, "smoke_min_img_auroc", SMOKE_DEFAULT_BAR)
     return None if bar is None else float(bar)
 
 
@@ -172,8 +172,7 @@ def main() -> None:
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="smoke_margin_"))
     data_root = work / "data"
-    gen = {k: v for k, v in SMOKE_DETECT_SET.items()}
-    generate_category(data_root, CATEGORY, seed=0, **gen)  # once, before parallel runs
+    generate_category(data_root, CATEGORY, seed=0, **SMOKE_DETECT_SET)  # once, before the runs
     runs = [Run(m, s, t) for m in args.models for s in args.seeds for t in args.threads]
     print(f"{len(runs)} runs under {work}", flush=True)
     done = run_all(runs, data_root, work, args.cores, args.override)

@@ -37,9 +37,8 @@ DETECT_GEN = {
 def detect_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic ``weave`` and ``disc`` at 64 px: enough test images for a meaningful AUROC."""
     root = tmp_path_factory.mktemp("synthetic_detect")
-    gen = {k.removeprefix("gen_"): v for k, v in DETECT_GEN.items()}
     for category in ("weave", "disc"):
-        generate_category(root, category, seed=0, **gen)
+        generate_category(root, category, seed=0, **SMOKE_DETECT_SET)
     return root
 
 

@@ -17,9 +17,9 @@ from conftest import DETECT_GEN, MODEL_CONFIGS, compose_train
 from hydra.core.hydra_config import HydraConfig
 
 from adlab.cli import train
+from adlab.data.synthetic import SMOKE_DEFAULT_BAR
 
 SMOKE_SEED = 0  # one of benchmarks/smoke_margin.py's seeds
-DEFAULT_BAR = 0.75  # image AUROC, unless configs/smoke/<m>.yaml sets smoke_min_img_auroc
 MIN_BAR = 0.70  # no bar may be set lower (null = no bar, for random-weight configs only)
 
 
@@ -41,7 +41,7 @@ def test_model_trains_tests_and_detects(model: str, tmp_path: Path, detect_root:
     assert table.iloc[0].category == "weave"
     for key in ("img_auroc", "pixel_auroc"):
         assert 0.0 <= results[key] <= 1.0, f"{model}: {key} {results[key]}"
-    minimum = cfg.get("smoke_min_img_auroc", DEFAULT_BAR)
+    minimum = cfg.get("smoke_min_img_auroc", SMOKE_DEFAULT_BAR)
     if minimum is None:  # random weights detect nothing: the method's own tests check the run
         assert cfg.model.get("random_init"), f"{model}: only random-weight configs may have no bar"
         return

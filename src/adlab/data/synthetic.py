@@ -41,6 +41,8 @@ SMOKE_DETECT_SET: dict[str, int] = {
     "n_test_good": 12,
     "n_test_per_defect": 4,
 }
+# Their image-AUROC bar unless configs/smoke/<m>.yaml sets ``smoke_min_img_auroc``.
+SMOKE_DEFAULT_BAR = 0.75
 # Bump when the rendering changes, so stale folders are reported instead of silently reused.
 GENERATOR_VERSION = 1
 
