@@ -5,7 +5,9 @@
 - :func:`resolve_inputs`: a file, a folder (recursive) or a glob -> images and their names
   relative to the input, so ``a/000.png`` and ``b/000.png`` never share an output.
 - :func:`map_to_original`: a model-resolution map back onto the original image's pixels.
-- :class:`OutputWriter`: mask and overlay PNGs at the original size, and ``predictions.csv``.
+- :class:`OutputWriter`: mask and overlay PNGs at the original size, thumbnails,
+  ``predictions.csv`` and the predictions page ``index.html`` (:mod:`adlab.predictions_page`).
+- :func:`write_test_page`: the same outputs for a labelled test set (``evaluate.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from adlab import types as T
 from adlab.data.folder import prepare_image
 from adlab.data.io import IMAGE_EXTENSIONS, is_image_file, list_images, read_image
+from adlab.metrics.threshold import f1_max
 from adlab.models.base import AnomalyModule
 from adlab.postprocess import resize_map
+from adlab.predictions_page import PageInfo, write_page, write_thumbnails
 from adlab.results import atomic_write_csv, atomic_write_text
 from adlab.viz import heatmap_overlay
 
@@ -57,7 +62,8 @@ class DeployInfo:
         pixel_threshold: a pixel is anomalous when ``map >= pixel_threshold`` (NaN: none).
         map_min: map value drawn as the coldest colour in overlays (all images share it).
         map_max: map value drawn as the hottest colour.
-        threshold_source: ``test`` or ``validation``.
+        threshold_source: ``test`` or ``validation`` (stored in the checkpoint), or
+            ``evaluation`` (F1-optimal on the images of an ``evaluate.py`` page).
     """
 
     model_name: str
@@ -212,17 +218,26 @@ def overlay_image(image: torch.Tensor, anomaly_map: torch.Tensor, info: DeployIn
     return (rgb * 255).round().astype(np.uint8)
 
 
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    """``(H, W)`` bool (a mask, saved 0/255) or ``(H, W, 3)`` uint8 as a PNG, parents created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8) * 255 if pixels.dtype == bool else pixels).save(path)
+
+
 class OutputWriter:
-    """Writes ``masks/<name>.png``, ``overlays/<name>.png`` and ``predictions.csv``.
+    """Writes ``masks/<name>.png``, ``overlays/<name>.png``, ``thumbnails/``,
+    ``predictions.csv`` and ``index.html``.
 
     Args:
         output_dir: where to write.
         info: thresholds, sizes and the overlay scale.
+        title: heading of the predictions page.
     """
 
-    def __init__(self, output_dir: str | Path, info: DeployInfo) -> None:
+    def __init__(self, output_dir: str | Path, info: DeployInfo, title: str = "") -> None:
         self.output_dir = Path(output_dir)
         self.info = info
+        self.title = title or f"{info.model_name} predictions"
         self.rows: list[dict[str, Any]] = []
 
     def write(
@@ -232,32 +247,125 @@ class OutputWriter:
         original: torch.Tensor,
         anomaly_map: torch.Tensor,
         score: float,
+        gt_mask: torch.Tensor | None = None,
+        **labels: Any,
     ) -> dict[str, Any]:
-        """One image: ``original`` ``(3, H0, W0)``, its model map ``(1, h, w)`` and score."""
-        full = map_to_original(anomaly_map.cpu(), tuple(original.shape[-2:]), self.info)
+        """One image: ``original`` ``(3, H0, W0)``, its model map ``(1, h, w)`` and score.
+
+        A ground-truth ``gt_mask`` ``(1, h, w)`` at model resolution is written at the original
+        size as ``gt_masks/<name>.png``; ``labels`` (``gt_label``, ``defect_type``) become
+        columns of the row.
+        """
+        size = tuple(original.shape[-2:])
+        full = map_to_original(anomaly_map.cpu(), size, self.info)
         mask = (full[0] >= self.info.pixel_threshold).numpy()
         files = {"mask": Path("masks") / name, "overlay": Path("overlays") / name}
-        for path in files.values():
-            (self.output_dir / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(self.output_dir / files["mask"])
+        _save_png(mask, self.output_dir / files["mask"])
         overlay = overlay_image(original, full, self.info)
-        Image.fromarray(overlay).save(self.output_dir / files["overlay"])
-        row = {
-            "path": str(file),
-            "name": str(name),
-            "score": score,
-            "is_anomalous": bool(score >= self.info.image_threshold),
-            "image_threshold": self.info.image_threshold,
-            "pixel_threshold": self.info.pixel_threshold,
-            "anomalous_pixel_fraction": float(mask.mean()),
-            "width": int(original.shape[-1]),
-            "height": int(original.shape[-2]),
-        } | {k: str(v) for k, v in files.items()}
+        _save_png(overlay, self.output_dir / files["overlay"])
+        pixels = (original.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        write_thumbnails(self.output_dir, name, pixels, overlay)
+        if gt_mask is not None:
+            files["gt_mask"] = Path("gt_masks") / name
+            truth = map_to_original(gt_mask.float().cpu(), size, self.info)[0] >= 0.5
+            _save_png(truth.numpy(), self.output_dir / files["gt_mask"])
+        row = (
+            labels
+            | {
+                "path": str(file),
+                "name": str(name),
+                "score": score,
+                "is_anomalous": bool(score >= self.info.image_threshold),
+                "image_threshold": self.info.image_threshold,
+                "pixel_threshold": self.info.pixel_threshold,
+                "anomalous_pixel_fraction": float(mask.mean()),
+                "width": int(original.shape[-1]),
+                "height": int(original.shape[-2]),
+            }
+            | {k: str(v) for k, v in files.items()}
+        )
         self.rows.append(row)
         return row
 
     def finish(self) -> pd.DataFrame:
-        """Write ``predictions.csv`` (one row per image, :data:`COLUMNS`) and return it."""
-        table = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        """Write ``predictions.csv`` (one row per image: :data:`COLUMNS`, then ``gt_label``,
+        ``defect_type`` and ``gt_mask`` where given) and ``index.html``; return the table."""
+        table = pd.DataFrame(self.rows)
+        extra = [c for c in table.columns if c not in COLUMNS]
+        table = table.reindex(columns=[*COLUMNS, *extra])
         atomic_write_csv(table, self.output_dir / "predictions.csv")
+        info = self.info
+        note = (
+            "F1-optimal on these images"
+            if info.threshold_source == "evaluation"
+            else f"stored in the checkpoint ({info.threshold_source})"
+        )
+        summary = (
+            f"{len(table)} images; image threshold {info.image_threshold:.4g} {note}, "
+            f"pixel threshold {info.pixel_threshold:.4g}"
+        )
+        page = PageInfo(self.title, summary, info.image_threshold, note)
+        write_page(self.output_dir, table, page)
         return table
+
+
+def evaluation_info(
+    model: AnomalyModule, model_name: str, cache: dict[str, Any], datamodule: Any
+) -> DeployInfo:
+    """:class:`DeployInfo` of a checkpoint scored on a test set (``evaluate.py``).
+
+    The checkpoint's thresholds and map range where it stores them; otherwise (a checkpoint
+    saved before any test run) the F1-optimal image threshold and the map range of ``cache``
+    (``pred_score (N,)``, ``gt_label (N,)``, ``anomaly_map (N, 1, H, W)``), no pixel threshold.
+    """
+    image_t, pixel_t, source = model.image_threshold, model.pixel_threshold, model.threshold_source
+    if math.isnan(image_t):
+        image_t = f1_max(cache["pred_score"], cache[T.GT_LABEL])[1]
+        pixel_t, source = math.nan, "evaluation"
+    low, high = (float(v) for v in model.map_range)
+    if math.isnan(low) or math.isnan(high):
+        low, high = float(cache["anomaly_map"].min()), float(cache["anomaly_map"].max())
+    return DeployInfo(
+        model_name=model_name,
+        image_size=tuple(datamodule.image_size),
+        center_crop=datamodule.center_crop,
+        image_threshold=image_t,
+        pixel_threshold=pixel_t,
+        map_min=low,
+        map_max=high,
+        threshold_source=source,
+    )
+
+
+def write_test_page(
+    info: DeployInfo, cache: dict[str, Any], category_dir: Path, output_dir: Path, title: str
+) -> pd.DataFrame:
+    """Masks, overlays, ground-truth masks, ``predictions.csv`` and ``index.html`` of a scored
+    test set, every image named by its path below ``category_dir`` (``test/crack/000.png``).
+
+    Args:
+        info: from :func:`evaluation_info`.
+        cache: ``evaluate.py``'s outputs: ``pred_score (N,)``, ``anomaly_map (N, 1, H, W)``,
+            ``gt_label (N,)``, ``gt_mask (N, 1, H, W)``, ``has_mask (N,)``, ``image_path``.
+        category_dir: the dataset's ``<root>/<category>``.
+        output_dir: where to write.
+        title: heading of the page.
+    """
+    files = [Path(p) for p in cache[T.IMAGE_PATH]]
+    names = output_names(
+        [f.relative_to(category_dir) if f.is_relative_to(category_dir) else f for f in files]
+    )
+    writer = OutputWriter(output_dir, info, title)
+    for i, (file, name) in enumerate(zip(files, names, strict=True)):
+        label = int(cache[T.GT_LABEL][i])
+        writer.write(
+            file,
+            name,
+            read_image(file),
+            cache["anomaly_map"][i],
+            float(cache["pred_score"][i]),
+            gt_mask=cache[T.GT_MASK][i] if bool(cache[T.HAS_MASK][i]) and label else None,
+            gt_label=label,
+            defect_type=file.parent.name,
+        )
+    return writer.finish()

@@ -6,7 +6,9 @@ techniques (registration) run the model again on transformed images. Each (check
 gives one row of ``evaluation.csv`` (written atomically after every checkpoint) and two PNGs:
 ``curves/<ckpt_id>/<technique>_roc.png`` and ``..._pr.png`` (image and pixel curves, ~15 KB
 each). Anomaly maps are written only with ``save_maps=true``: ``maps/<ckpt_id>/<technique>.pt``,
-float16, ``N * H * W * 2`` bytes (13 MB for 100 images at 256x256).
+float16, ``N * H * W * 2`` bytes (13 MB for 100 images at 256x256). With ``page=true`` (default)
+each checkpoint's test images (its own maps, technique ``none``) get a predictions page,
+``pages/<ckpt_id>/index.html`` (:mod:`adlab.predictions_page`), linked from ``index.html``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from adlab import types as T
 from adlab.callbacks.metadata import META_KEY
 from adlab.checkpoint import load_checkpoint, restore
 from adlab.data.folder import MVTecLayoutDataModule
+from adlab.deploy import evaluation_info, write_test_page
 from adlab.metrics import AnomalyMetrics
 from adlab.metrics.curves import roc_pr_curves
 from adlab.models.base import AnomalyModule
@@ -39,6 +42,7 @@ from adlab.postprocess.techniques import (
     MapTechnique,
     Technique,
 )
+from adlab.predictions_page import write_page_index
 from adlab.results import KEY, RENAMED, atomic_write_csv
 from adlab.viz import curve_figure, save_figure
 
@@ -248,6 +252,11 @@ def evaluate_checkpoint(
     t0 = time.perf_counter()
     cached = _cache_outputs(model, datamodule, device)
     inference_seconds = time.perf_counter() - t0
+    if cfg.get("page", True):
+        info = evaluation_info(model, meta["model_name"], cached, datamodule)
+        title = f"{meta['model_name']} {meta['category']} {path}: test images"
+        pages = Path(cfg.output_dir) / "pages" / files_id
+        write_test_page(info, cached, datamodule.category_dir, pages, title)
     for technique in techniques:
         t0 = time.perf_counter()
         if isinstance(technique, MapTechnique):
@@ -295,6 +304,9 @@ def run(cfg: DictConfig) -> pd.DataFrame:
         for path in group:
             rows += evaluate_checkpoint(path, datamodule, techniques, cfg)
             atomic_write_csv(_table(rows), table_path)
+    if cfg.get("page", True):
+        pages = sorted((Path(cfg.output_dir) / "pages").glob("*/index.html"))
+        write_page_index(cfg.output_dir, {p.parent.name: p for p in pages}, "test-set pages")
     table = _table(rows)
     log.info("%d rows written to %s%s", len(table), table_path, _storage_note(Path(cfg.output_dir)))
     return table

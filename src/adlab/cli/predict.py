@@ -6,7 +6,8 @@
 methods, the recorded sampling noise) beside it, without Lightning or the model code. Both write
 the same outputs (:class:`adlab.deploy.OutputWriter`): per image ``masks/<name>.png`` and
 ``overlays/<name>.png`` at the original image size, ``<name>`` being the image's path relative
-to ``input``, and ``predictions.csv`` with the thresholds used.
+to ``input``, ``predictions.csv`` with the thresholds used, and ``index.html``: the predictions
+page (thumbnails, a live threshold slider, a score histogram; :mod:`adlab.predictions_page`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     score, info = BACKENDS[cfg.backend](cfg)
     pairs = resolve_inputs(cfg.input)
     names = output_names([name for _, name in pairs])
-    writer = OutputWriter(cfg.output_dir, info)
+    writer = OutputWriter(cfg.output_dir, info, title=f"{info.model_name} on {cfg.input}")
     for start in range(0, len(pairs), cfg.batch_size):
         chunk = range(start, min(start + cfg.batch_size, len(pairs)))
         images, originals = load_batch([pairs[i][0] for i in chunk], info)
