@@ -1,20 +1,15 @@
-"""Compare checkpoints and post-processing techniques: ``python evaluate.py ckpt=RUN_DIR``."""
+"""Compare checkpoints and post-processing techniques: ``python evaluate.py ckpt=RUN_DIR``.
+
+The same app as ``adlab evaluate ...`` (:mod:`adlab.cli.main`), with outputs under the repository.
+"""
 
 import os
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from adlab.cli.main import run_command
 
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    from adlab.cli.evaluate import run
-
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_command("evaluate", sys.argv[:1], sys.argv[1:])

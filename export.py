@@ -1,20 +1,15 @@
-"""Export a checkpoint for deployment: ``python export.py ckpt_path=PATH format=onnx``."""
+"""Export a checkpoint for deployment: ``python export.py ckpt_path=PATH format=onnx``.
+
+The same app as ``adlab export ...`` (:mod:`adlab.cli.main`), with outputs under the repository.
+"""
 
 import os
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from adlab.cli.main import run_command
 
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="export")
-def main(cfg: DictConfig) -> None:
-    from adlab.cli.export import run
-
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_command("export", sys.argv[:1], sys.argv[1:])

@@ -1,20 +1,15 @@
-"""Score new images with a trained checkpoint: ``python predict.py ckpt_path=PATH input=DIR``."""
+"""Score new images with a trained checkpoint: ``python predict.py ckpt_path=PATH input=DIR``.
+
+The same app as ``adlab predict ...`` (:mod:`adlab.cli.main`), with outputs under the repository.
+"""
 
 import os
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from adlab.cli.main import run_command
 
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    from adlab.cli.predict import run
-
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_command("predict", sys.argv[:1], sys.argv[1:])

@@ -1,20 +1,15 @@
-"""Best-model report from the results table and run dirs: ``python report.py``."""
+"""Best-model report from the results table and run dirs: ``python report.py``.
+
+The same app as ``adlab report ...`` (:mod:`adlab.cli.main`), with outputs under the repository.
+"""
 
 import os
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from adlab.cli.main import run_command
 
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="report")
-def main(cfg: DictConfig) -> None:
-    from adlab.cli.report import run
-
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_command("report", sys.argv[:1], sys.argv[1:])

@@ -1,22 +1,15 @@
-"""Train and test one method on one dataset category: ``python train.py model=... dataset=...``."""
+"""Train and test one method on one dataset category: ``python train.py model=... dataset=...``.
+
+The same app as ``adlab train ...`` (:mod:`adlab.cli.main`), with outputs under the repository.
+"""
 
 import os
+import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-import adlab  # noqa: F401  (registers the adlab_stored config resolver)
+from adlab.cli.main import run_command
 
 os.environ.setdefault("ADLAB_ROOT", str(Path(__file__).resolve().parent))
 
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from adlab.cli.train import run
-
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    run_command("train", sys.argv[:1], sys.argv[1:])

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from adlab.callbacks.divergence import DivergenceGuard
@@ -119,10 +120,12 @@ def _log_hyperparameters(
         "seed": cfg.seed,
     }
     for logger in trainer.loggers:
-        if metrics:
-            logger.log_hyperparams(params, metrics)
-        else:
+        if not metrics:
             logger.log_hyperparams(params)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics)
+        else:  # CSV, MLflow: the parameters are logged; the metrics go with the others
+            logger.log_metrics(metrics)
 
 
 def _hp_metrics(trainer: Trainer, results: dict[str, float], train_seconds: float) -> dict:
@@ -145,7 +148,8 @@ def _ddp_children_run_this_job() -> dict[str, str | None]:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return env
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *_config_flags(sys.argv[1:]), *hydra_cfg.overrides.task]
+    program = sys.argv[:2] if sys.argv[1:2] == ["train"] else sys.argv[:1]  # adlab train | train.py
+    sys.argv = [*program, *_config_flags(sys.argv[len(program) :]), *hydra_cfg.overrides.task]
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     return env
