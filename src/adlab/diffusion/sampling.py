@@ -59,6 +59,11 @@ def reconstruct(
     """
     if t_start == 0:
         return x.clone()
+    if kind == "ddpm" and num_steps not in (None, t_start):
+        raise ValueError(
+            f"kind='ddpm' takes every step (num_steps=None or {t_start}), got num_steps="
+            f"{num_steps}; use kind='ddim', eta=1 for skipped ancestral steps"
+        )
     timesteps = scheduler.set_timesteps(num_steps or t_start, t_start).tolist()
     t = torch.full((x.shape[0],), t_start - 1, device=x.device, dtype=torch.long)
     x_t = scheduler.add_noise(x, scheduler.sample_noise(x, t, generator), t)
@@ -67,7 +72,15 @@ def reconstruct(
         eps = unet(x_t, t)
         if condition is not None:
             eps = condition(x_t, t, eps, scheduler.predict_x0(x_t, t, eps))
+        # DDPM steps are consecutive by construction: no t_prev, so no per-step host check.
         x_t = scheduler.step(
-            eps, t, x_t, t_prev=t_prev, eta=eta, kind=kind, clip_x0=clip_x0, generator=generator
+            eps,
+            t,
+            x_t,
+            t_prev=None if kind == "ddpm" else t_prev,
+            eta=eta,
+            kind=kind,
+            clip_x0=clip_x0,
+            generator=generator,
         )
     return x_t

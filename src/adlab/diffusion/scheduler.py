@@ -81,9 +81,23 @@ class DiffusionScheduler(nn.Module):
 
     @staticmethod
     def _as_batch(t: int | Tensor, x: Tensor) -> Tensor:
-        """Broadcast an int or 0-d timestep to a ``(B,)`` long tensor on ``x``'s device."""
+        """Broadcast an int or 0-d timestep to a ``(B,)`` long tensor on ``x``'s device.
+
+        An int is filled on the device (no host-to-device copy per call).
+        """
+        if isinstance(t, int):
+            return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         t = torch.as_tensor(t, device=x.device, dtype=torch.long)
         return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def _check_consecutive(self, t: int | Tensor, t_prev: int | Tensor, x: Tensor) -> None:
+        """Refuse an ancestral step that skips timesteps; ints are compared on the host."""
+        if isinstance(t, int) and isinstance(t_prev, int):
+            consecutive = t_prev == t - 1
+        else:
+            consecutive = torch.equal(self._as_batch(t_prev, x), self._as_batch(t, x) - 1)
+        if not consecutive:
+            raise ValueError("kind='ddpm' needs t_prev == t - 1; use kind='ddim', eta=1")
 
     def sample_noise(
         self, like: Tensor, t: Tensor | None = None, generator: torch.Generator | None = None
@@ -196,7 +210,9 @@ class DiffusionScheduler(nn.Module):
             eps: ``(B, C, H, W)`` predicted noise eps_theta(x_t, t).
             t: ``(B,)`` long indices in ``0 .. T-1`` (per-sample), or an int.
             x_t: ``(B, C, H, W)`` current sample.
-            t_prev: Target indices (``-1`` = clean image); default ``t - 1``.
+            t_prev: Target indices (``-1`` = clean image); default ``t - 1``. With ``"ddpm"``
+                it must be ``t - 1``: leave it None in loops (checking tensors reads them back
+                to the host, a device sync per step).
             eta: DDIM stochasticity (0 = deterministic, 1 = DDPM posterior variance).
             noise: ``(B, C, H, W)`` noise z; drawn from ``noise_fn(x_t, t, generator)`` if None.
             kind: ``"ddpm"`` or ``"ddim"``.
@@ -206,6 +222,8 @@ class DiffusionScheduler(nn.Module):
         Returns:
             ``(B, C, H, W)`` x_{t_prev}.
         """
+        if kind == "ddpm" and t_prev is not None:
+            self._check_consecutive(t, t_prev, x_t)
         t = self._as_batch(t, x_t)
         t_prev = t - 1 if t_prev is None else self._as_batch(t_prev, x_t)
         x0_hat = self.predict_x0(x_t, t, eps)
@@ -215,8 +233,6 @@ class DiffusionScheduler(nn.Module):
         if noise is None and (kind == "ddpm" or eta > 0):
             noise = self.sample_noise(x_t, t, generator)
         if kind == "ddpm":
-            if not torch.equal(t_prev, t - 1):
-                raise ValueError("kind='ddpm' needs t_prev == t - 1; use kind='ddim', eta=1")
             return self._ddpm_step(x0_hat, t, x_t, noise)
         if kind == "ddim":
             return self._ddim_step(x0_hat, eps, t, t_prev, eta, noise)

@@ -8,6 +8,7 @@ official code (github.com/FlappyPeggy/DMAD @ b3fefbb, ``DMAD-PPDM/resnet.py``: `
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -23,6 +24,14 @@ def identity_grid(height: int, width: int, device: torch.device | None = None) -
     xs = torch.linspace(-1.0, 1.0, width, device=device)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
+
+
+@lru_cache(maxsize=16)
+def _cached_identity_grid(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """:func:`identity_grid` built once per (size, device, dtype) and reused (read-only)."""
+    return identity_grid(height, width, device).to(dtype)
 
 
 def upsample_field(field: Tensor, size: tuple[int, int]) -> Tensor:
@@ -50,7 +59,7 @@ def warp(x: Tensor, field: Tensor) -> Tensor:
         )
     height, width = x.shape[-2:]
     field = upsample_field(field, (height, width)).to(x.dtype)
-    grid = identity_grid(height, width, x.device).to(x.dtype) + rearrange(
+    grid = _cached_identity_grid(height, width, x.device, x.dtype) + rearrange(
         field, "b c h w -> b h w c"
     )
     return F.grid_sample(
@@ -91,7 +100,13 @@ def coord_channels(height: int, width: int, cell: int = 4) -> Tensor:
 
 
 class CoordConv(nn.Module):
-    """Convolution (no bias, 'same' padding) over the input plus :func:`coord_channels`."""
+    """Convolution (no bias, 'same' padding) over the input plus :func:`coord_channels`.
+
+    The channels are a non-persistent buffer ``coords`` ``(1, 4, H, W)``, rebuilt only when the
+    input's size, dtype or device changes, so a forward pass copies nothing from the host.
+    """
+
+    coords: Tensor
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, cell: int = 4):
         super().__init__()
@@ -99,10 +114,17 @@ class CoordConv(nn.Module):
         self.conv = nn.Conv2d(
             in_channels + 4, out_channels, kernel_size, padding=kernel_size // 2, bias=False
         )
+        self.register_buffer("coords", torch.empty(1, 4, 0, 0), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W) -> (B, C_out, H, W)``."""
-        coords = coord_channels(*x.shape[-2:], self.cell).to(x)
+        coords = self.coords
+        if (
+            coords.shape[-2:] != x.shape[-2:]
+            or coords.dtype != x.dtype
+            or coords.device != x.device
+        ):
+            coords = self.coords = coord_channels(*x.shape[-2:], self.cell).to(x)
         return self.conv(torch.cat((x, coords.expand(x.shape[0], -1, -1, -1)), dim=1))
 
 
