@@ -23,6 +23,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adlab.data.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask, verify_image
+from adlab.data.memory import InMemoryDataset, collate_batched, memory_mb
 from adlab.types import DEFECT_TYPE, GT_LABEL, GT_MASK, HAS_MASK, IMAGE, IMAGE_PATH
 
 NORMAL = "good"
@@ -30,6 +31,7 @@ UNLABELLED = "unknown"
 MVTEC_TEXTURES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
 CATEGORY_TYPES = ("texture", "object")
 VAL_SPLITS = ("none", "from_train", "from_test", "same_as_test")
+IN_MEMORY = (True, False, "auto")
 _MAX_LISTED = 5
 
 
@@ -235,6 +237,11 @@ class MVTecLayoutDataModule(LightningDataModule):
         seed: seed of the validation split.
         drop_last: drop the last partial training batch (DDAD's official loaders; a 2-image
             remainder would otherwise update BatchNorm statistics on its own).
+        in_memory: keep the decoded, resized images of the train/val/test splits in memory on
+            the training device (:class:`~adlab.data.memory.InMemoryDataset`: each file is
+            decoded once per run, loaders run in the main process); ``auto``: only when they
+            take at most ``in_memory_limit_mb``, else stream from disk; ``false``: stream.
+        in_memory_limit_mb: size limit of ``in_memory=auto`` in MiB (float32 image + mask).
     """
 
     def __init__(
@@ -253,9 +260,17 @@ class MVTecLayoutDataModule(LightningDataModule):
         category_type: str | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        in_memory: bool | str = "auto",
+        in_memory_limit_mb: float = 4096,
     ) -> None:
         super().__init__()
         self.drop_last = drop_last
+        if in_memory not in IN_MEMORY or in_memory_limit_mb <= 0:
+            raise DatasetError(
+                f"in_memory={in_memory!r}, in_memory_limit_mb={in_memory_limit_mb}: expected "
+                "in_memory true, false or auto and a limit > 0 (MiB)"
+            )
+        self.in_memory, self.in_memory_limit_mb = in_memory, in_memory_limit_mb
         self.root = Path(os.path.expanduser(str(root)))
         self.category = category
         self.name = name
@@ -282,9 +297,10 @@ class MVTecLayoutDataModule(LightningDataModule):
             )
         self._category_type = category_type
         self.seed = seed
-        self.train_dataset: MVTecLayoutDataset | None = None
-        self.val_dataset: MVTecLayoutDataset | None = None
-        self.test_dataset: MVTecLayoutDataset | None = None
+        self.train_dataset: MVTecLayoutDataset | InMemoryDataset | None = None
+        self.val_dataset: MVTecLayoutDataset | InMemoryDataset | None = None
+        self.test_dataset: MVTecLayoutDataset | InMemoryDataset | None = None
+        self._first_train: torch.Tensor | None = None
 
     @property
     def category_type(self) -> str:
@@ -319,18 +335,41 @@ class MVTecLayoutDataModule(LightningDataModule):
             )
         self.train_dataset = self._dataset(train)
         self.test_dataset = self._dataset(test)
+        if val is not None:
+            self.val_dataset = self._dataset(val)
+        if self._keep_in_memory():
+            device = self._device()
+            self.train_dataset = InMemoryDataset(self.train_dataset, device)
+            self.test_dataset = InMemoryDataset(self.test_dataset, device)
+            if self.val_dataset is not None:
+                self.val_dataset = InMemoryDataset(self.val_dataset, device)
         if self.val_split == "same_as_test":
             self.val_dataset = self.test_dataset
-        elif val is not None:
-            self.val_dataset = self._dataset(val)
+
+    def _keep_in_memory(self) -> bool:
+        """``in_memory`` resolved: ``auto`` compares the splits' size with the limit."""
+        if self.in_memory != "auto":
+            return bool(self.in_memory)
+        splits = [self.train_dataset, self.test_dataset, self.val_dataset]
+        return sum(memory_mb(d) for d in splits if d is not None) <= self.in_memory_limit_mb
+
+    def _device(self) -> torch.device:
+        """The training device (the trainer's root device; CPU without a trainer)."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def first_train_images(self, limit: int) -> torch.Tensor:
         """The first ``limit`` normal training images ``(N, 3, H, W)`` in sorted file order
         (deterministic, no shuffling, no augmentation); :meth:`setup` must have run."""
         if self.train_dataset is None:
             raise RuntimeError("first_train_images needs setup() to have run first")
-        dataset = self.train_dataset
-        return torch.stack([dataset[i][IMAGE] for i in range(min(limit, len(dataset)))])
+        dataset, count = self.train_dataset, min(limit, len(self.train_dataset))
+        if isinstance(dataset, InMemoryDataset):
+            return dataset.__getitems__(range(count))[IMAGE]
+        if self._first_train is None or len(self._first_train) != count:
+            # decoded once: DMAD calibrates on these images every validation epoch
+            self._first_train = torch.stack([dataset[i][IMAGE] for i in range(count)])
+        return self._first_train
 
     def _dataset(self, samples: Sequence[Sample]) -> MVTecLayoutDataset:
         return MVTecLayoutDataset(samples, self.image_size, self.center_crop)
@@ -437,10 +476,20 @@ class MVTecLayoutDataModule(LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             drop_last=drop_last,
+            **self._loader_kwargs(dataset),
         )
+
+    def _loader_kwargs(self, dataset: Dataset) -> dict:
+        """In-memory datasets: batches come indexed and on the device, in the main process.
+        Streaming: ``num_workers`` workers, pinned host memory when training on a GPU."""
+        if isinstance(dataset, InMemoryDataset):
+            return {"num_workers": 0, "collate_fn": collate_batched}
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self._device().type == "cuda",
+        }
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, the order a function of the run's seed and the epoch.
@@ -457,9 +506,8 @@ class MVTecLayoutDataModule(LightningDataModule):
             self.train_dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
             drop_last=self.drop_last,
+            **self._loader_kwargs(self.train_dataset),
         )
 
     def val_dataloader(self) -> DataLoader | list:
