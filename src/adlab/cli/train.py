@@ -126,6 +126,7 @@ def _log_hyperparameters(
             logger.log_hyperparams(params, metrics)
         else:  # CSV, MLflow: the parameters are logged; the metrics go with the others
             logger.log_metrics(metrics)
+            logger.save()  # the CSV logger writes buffered rows only on save (after the test)
 
 
 def _hp_metrics(trainer: Trainer, results: dict[str, float], train_seconds: float) -> dict:
