@@ -6,6 +6,12 @@ ring on a background, slightly shifted and rotated). Defects are painted on the 
 with exact binary masks: ``scratch`` (thin curved line), ``hole`` (dark blob), ``stain``
 (low-contrast colour blob) and, for the object, ``missing`` (a piece cut away showing background).
 Sizes and contrasts are drawn from ranges so some defects are subtle.
+
+``weave_hires`` is the high-resolution inspection case: a fine weave (thread period
+:data:`HIRES_PERIOD` px, whatever the image size) generated at 1024 px, with defects a few pixels
+wide whatever the image size: ``pinhole`` (dark spot), ``fleck`` (bright or tinted spot), both
+4-12 px across, and ``hairline`` (a 1 px line 8-24 px long). Resized to 256 px they shrink to 1-3
+px and blur into the weave; tiles at native resolution (:mod:`adlab.postprocess.tiler`) keep them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +33,22 @@ from PIL import Image, ImageDraw
 
 from adlab.data.folder import NORMAL, DatasetError, MVTecLayoutDataModule
 
-SYNTHETIC_CATEGORIES: dict[str, str] = {"weave": "texture", "disc": "object"}
+SYNTHETIC_CATEGORIES: dict[str, str] = {
+    "weave": "texture",
+    "disc": "object",
+    "weave_hires": "texture",
+}
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "weave": ("scratch", "hole", "stain"),
     "disc": ("scratch", "hole", "stain", "missing"),
+    "weave_hires": ("pinhole", "fleck", "hairline"),
 }
+NATIVE_SIZE: dict[str, int] = {"weave": 128, "disc": 128, "weave_hires": 1024}
+"""Generated image side when ``gen_image_size`` is not given."""
+HIRES_PERIOD = 12.0
+"""Thread period of ``weave_hires`` in pixels (the other categories scale with the image)."""
+HIRES_SPOT_DIAMETER = (4.0, 12.0)
+"""Range of ``weave_hires`` spot diameters (``pinhole``, ``fleck``) in pixels."""
 NOISE_STD = 0.015
 _MAX_TRIES = 10
 # The smoke tests' detection set (tests/test_smoke.py, benchmarks/smoke_margin.py): enough 64 px
@@ -104,11 +122,12 @@ def _jitter(color: tuple[float, float, float], generator: torch.Generator) -> to
     return (base + 0.06 * (torch.rand(3, generator=generator) - 0.5)).view(3, 1, 1)
 
 
-def _render_weave(size: int, generator: torch.Generator) -> _Scene:
-    """Plain-weave fabric: threads of period ~S/16 whose over/under alternates per cell."""
+def _render_weave(size: int, generator: torch.Generator, period: float | None = None) -> _Scene:
+    """Plain-weave fabric: threads of period ~S/16 (or ~``period`` px) whose over/under
+    alternates per cell."""
     yy, xx = _grid(size)
     theta = math.radians(_u(generator, -3.0, 3.0))
-    period = size / 16 * _u(generator, 0.95, 1.05)
+    period = (size / 16 if period is None else period) * _u(generator, 0.95, 1.05)
     u = (xx * math.cos(theta) + yy * math.sin(theta)) / period + _u(generator, 0.0, 1.0)
     v = (-xx * math.sin(theta) + yy * math.cos(theta)) / period + _u(generator, 0.0, 1.0)
     warp_on_top = (torch.floor(u) + torch.floor(v)) % 2 == 0
@@ -239,8 +258,52 @@ def _missing(scene: _Scene, generator: torch.Generator) -> tuple[torch.Tensor, t
     return image, cut & scene.surface
 
 
-_RENDERERS = {"weave": _render_weave, "disc": _render_disc}
-_DEFECTS = {"scratch": _scratch, "hole": _hole, "stain": _stain, "missing": _missing}
+def _spot(scene: _Scene, generator: torch.Generator) -> torch.Tensor:
+    """An ``(S, S)`` blob mask :data:`HIRES_SPOT_DIAMETER` px across."""
+    return _blob(scene, _u(generator, *HIRES_SPOT_DIAMETER) / 2, generator) & scene.surface
+
+
+def _pinhole(scene: _Scene, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dark spot 4-12 px across."""
+    mask = _spot(scene, generator)
+    alpha = _u(generator, 0.5, 0.9)
+    return torch.where(mask, (1 - alpha) * scene.image + alpha * 0.03, scene.image), mask
+
+
+def _fleck(scene: _Scene, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bright, tinted spot 4-12 px across."""
+    mask = _spot(scene, generator)
+    tint = 0.6 + 0.4 * torch.rand(3, 1, 1, generator=generator)
+    return torch.where(mask, scene.image + _u(generator, 0.2, 0.4) * tint, scene.image), mask
+
+
+def _hairline(scene: _Scene, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A straight 1 px line 8-24 px long, brighter or darker than the weave."""
+    x0, y0 = _point(scene, generator)
+    angle, length = _u(generator, 0, 2 * math.pi), _u(generator, 8.0, 24.0)
+    x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
+    size = scene.image.shape[-1]
+    mask = _draw(size, lambda d: d.line([(x0, y0), (x1, y1)], fill=255, width=1))
+    mask &= scene.surface
+    target = 1.0 if _u(generator, 0, 1) < 0.5 else 0.03
+    alpha = _u(generator, 0.6, 0.9)
+    return torch.where(mask, (1 - alpha) * scene.image + alpha * target, scene.image), mask
+
+
+_RENDERERS = {
+    "weave": _render_weave,
+    "disc": _render_disc,
+    "weave_hires": partial(_render_weave, period=HIRES_PERIOD),
+}
+_DEFECTS = {
+    "scratch": _scratch,
+    "hole": _hole,
+    "stain": _stain,
+    "missing": _missing,
+    "pinhole": _pinhole,
+    "fleck": _fleck,
+    "hairline": _hairline,
+}
 
 
 def render_sample(
@@ -328,7 +391,7 @@ def _matches_existing(target: Path, meta: dict[str, Any]) -> bool:
 def generate_category(
     root: Path,
     category: str,
-    image_size: int = 128,
+    image_size: int | None = None,
     n_train: int = 96,
     n_test_good: int = 24,
     n_test_per_defect: int = 8,
@@ -338,12 +401,14 @@ def generate_category(
 
     Safe under concurrent calls: each caller writes into a private hidden sibling folder and
     renames it into place; losers of the race discard theirs and check the winner's ``meta.json``.
+    ``image_size`` None: the category's :data:`NATIVE_SIZE`.
 
     Returns:
         The category folder.
     """
     _check_category(category)
     root, target = Path(root), Path(root) / category
+    image_size = NATIVE_SIZE[category] if image_size is None else image_size
     meta = {
         "generator_version": GENERATOR_VERSION,
         "category": category,
@@ -383,7 +448,8 @@ class SyntheticDataModule(MVTecLayoutDataModule):
         n_test_good: normal test images.
         n_test_per_defect: test images per defect type.
         gen_seed: generator seed.
-        gen_image_size: side of the generated images.
+        gen_image_size: side of the generated images (None: the category's
+            :data:`NATIVE_SIZE`, 1024 for ``weave_hires``).
         category_type: override of the table value.
         **kwargs: other :class:`MVTecLayoutDataModule` arguments.
     """
@@ -398,7 +464,7 @@ class SyntheticDataModule(MVTecLayoutDataModule):
         n_test_good: int = 24,
         n_test_per_defect: int = 8,
         gen_seed: int = 0,
-        gen_image_size: int = 128,
+        gen_image_size: int | None = None,
         category_type: str | None = None,
         **kwargs: Any,
     ) -> None:
