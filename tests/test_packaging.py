@@ -142,3 +142,39 @@ def test_pip_install_outside_the_repo_then_adlab_train_in_an_empty_dir(tmp_path:
     assert 0.0 <= row.img_auc <= 1.0
     assert Path(row.ckpt_path).is_file() and Path(row.ckpt_path).is_relative_to(workdir)
     assert (workdir / "data" / "synthetic" / "weave" / "train" / "good").is_dir()
+
+
+@pytest.mark.slow
+def test_optuna_sweep_maximises_the_optimized_metric(tmp_path: Path) -> None:
+    """Two Optuna trials: the best value the sweeper reports is the best run's image AUROC."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    env = {
+        **os.environ,
+        "ADLAB_ROOT": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    sweep = [
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.direction=maximize",
+    ]
+    sweep += ["hydra.sweeper.sampler.seed=0", "optimized_metric=img_auroc"]
+    sweep += ["model.optimizer.lr=interval(1e-4,1e-2)", "model=autoencoder"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *sweep, *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "setup plugin" not in proc.stdout + proc.stderr  # alembic's notes stay quiet
+    sweep_dir = next((tmp_path / "outputs" / "multirun").iterdir())
+    trials = [pd.read_csv(f).iloc[0] for f in sorted(sweep_dir.glob("*/results.csv"))]
+    assert len(trials) == 2
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(t.img_auc for t in trials))
+    assert 1e-4 <= best.best_params["model.optimizer.lr"] <= 1e-2
