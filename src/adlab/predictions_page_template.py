@@ -36,11 +36,13 @@ h1 { font-size: 16px; margin: 0 0 2px; }
 .card .score { font-weight: bold; }
 .card .tag { float: right; color: #666; }
 #viewer { position: fixed; inset: 0; z-index: 5; display: none; overflow: auto; color: #eee;
-  background: rgba(0, 0, 0, 0.9); padding: 12px 16px; }
+  background: #111; padding: 12px 16px; }
 #viewer.open { display: block; }
-#viewer .panes { display: flex; flex-wrap: wrap; gap: 10px; margin-top: 8px; }
-#viewer figure { margin: 0; flex: 1 1 320px; }
-#viewer figure img { max-width: 100%; max-height: 78vh; background: #333; }
+#viewer .panes { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr));
+  gap: 10px; margin-top: 8px; }
+#viewer figure { margin: 0; }
+#viewer figure img { display: block; width: 100%; max-height: 80vh; object-fit: contain;
+  background: #333; }
 #viewer figcaption { font-size: 12px; color: #aaa; }
 #viewer button { margin-right: 6px; }
 </style>
@@ -137,15 +139,15 @@ function drawHistogram() {
     key.style.background = g[2];
     legend.append(key, g[0] + " (" + counts[k].reduce((s, c) => s + c, 0) + ")");
   });
+  hist.appendChild(svg("line", {id: "current-line", y1: 0, y2: H, stroke: "#000",
+    "stroke-width": 2}));
   if (stored !== null) {
     hist.appendChild(svg("line", {x1: x(stored), x2: x(stored), y1: 0, y2: H,
-      stroke: "#1a9a3a", "stroke-width": 2, "stroke-dasharray": "5 3"}));
+      stroke: "#1a9a3a", "stroke-width": 3, "stroke-dasharray": "6 4"}));
     const key = document.createElement("span");
     key.style.background = "#1a9a3a";
     legend.append(key, "F1-optimal threshold " + fmt(stored) + " (" + D.threshold_note + ")");
   }
-  hist.appendChild(svg("line", {id: "current-line", y1: 0, y2: H, stroke: "#000",
-    "stroke-width": 2}));
 }
 
 function card(d, i) {
