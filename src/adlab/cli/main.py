@@ -33,15 +33,16 @@ COMMANDS = {
 LISTED_GROUPS = {"model": "models", "dataset": "datasets", "experiment": "experiments"}
 # What a run would print that no user can act on, dropped by logger and message start:
 # Lightning's advert for a cloud logger, and its note that the experiment of a new MLflow store
-# (one per run dir) is created. Warnings: a deprecation inside Lightning itself (torch's LeafSpec),
-# and the one for an empty *list* of validation loaders, which is how adlab's datamodules say "no
-# validation" (dataset.val_split=none).
+# (one per run dir) is created. Warnings: deprecations inside Lightning itself (torch's LeafSpec,
+# and the all_gather of its DDP strategy), and the one for an empty *list* of validation loaders,
+# which is how adlab's datamodules say "no validation" (dataset.val_split=none).
 DROPPED_RECORDS = {
     "lightning.pytorch.utilities.rank_zero": "💡 Tip: For seamless cloud logging",
     "lightning.pytorch.loggers.mlflow": "Experiment with name",
 }
 IGNORED_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", FutureWarning),
     (r"Total length of `list` across ranks is zero", UserWarning),
 )
 QUIET_LOGGERS = ("mlflow.store.db.utils",)  # INFO: creating the tables of a new MLflow store
@@ -78,22 +79,33 @@ class _DropPrefix(logging.Filter):
 
 
 def quiet_console() -> None:
-    """Print each message once, and none that a user cannot act on.
+    """Print each message once, and none that a user cannot act on (after Hydra's log set-up).
 
     ``import lightning`` gives the ``lightning`` logger a console handler of its own (and, when it
     comes before Hydra's logging set-up, ``lightning.pytorch`` / ``lightning.fabric`` too, with
     propagation off), so every Lightning record was printed twice: there and by Hydra's root
     handlers, which also write ``<output_dir>/<job>.log``. Once the root has handlers, Lightning's
-    are removed and its records propagate to them.
+    are removed and its records propagate to them. Under DDP, ranks 1.. print only warnings and
+    errors: their INFO lines repeat rank 0's (their own ``.log`` files keep them).
     """
-    import lightning  # noqa: F401  (adds those handlers on first import)
+    from lightning.pytorch.utilities import rank_zero_only  # adds those handlers on first import
 
-    if logging.getLogger().handlers:
+    root = logging.getLogger()
+    if root.handlers:
         for name in LIGHTNING_LOGGERS:
             own = logging.getLogger(name)
             for handler in list(own.handlers):
                 own.removeHandler(handler)
             own.propagate = True
+    if rank_zero_only.rank > 0:
+        for handler in root.handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+    _drop_noise()
+
+
+def _drop_noise() -> None:
+    """Drop :data:`DROPPED_RECORDS` and :data:`IGNORED_WARNINGS`; quieten :data:`QUIET_LOGGERS`."""
     for name, prefix in DROPPED_RECORDS.items():
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefix) for f in target.filters):
