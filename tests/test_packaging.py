@@ -51,6 +51,13 @@ def test_help_lists_commands_models_datasets_and_experiments(
         assert f"({group}=NAME):\n  {' '.join(names)}\n" in text
 
 
+def test_python_m_adlab_is_the_console_script() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "adlab", "--help"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout == cli.usage() + "\n"
+
+
 def test_unknown_command_names_the_choices() -> None:
     with pytest.raises(SystemExit, match="unknown command 'trian' \\(choose from train, evaluate"):
         cli.main(["trian", "model=draem"])
