@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adlab.models.anogan import AnoGANModule, Discriminator, Generator, latent_search
+from adlab.postprocess import PostProcessor
 
 DCGAN32 = dict(kernel_sizes=(4, 4, 4, 4), paddings=(0, 1, 1, 1))
 
@@ -23,7 +24,9 @@ def _tiny(latent_dim: int = 8) -> tuple[Generator, Discriminator]:
 
 def _module(**kw) -> AnoGANModule:
     adam = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
-    args = dict(search_steps=5, search_lr=0.05, map_sigma=1.0)
+    args = dict(
+        search_steps=5, search_lr=0.05, postprocess=PostProcessor(sigma=1.0, score="method")
+    )
     return AnoGANModule(*_tiny(), adam, functools.partial(torch.optim.SGD, lr=0.1), **(args | kw))
 
 
@@ -75,10 +78,10 @@ def test_latent_search_decreases_the_loss_and_leaves_the_networks() -> None:
     assert all(p.grad is None for p in generator.parameters())
 
 
-@pytest.mark.parametrize("score", ["anogan", "max"])
+@pytest.mark.parametrize("score", ["method", "max"])
 def test_predict_anomaly_works_under_inference_mode(score: str) -> None:
     """Lightning tests under ``torch.inference_mode()``; the search must still get gradients."""
-    module = _module(score=score).eval()
+    module = _module(postprocess=PostProcessor(sigma=1.0, score=score)).eval()
     with torch.inference_mode():
         images = torch.rand(2, 3, 48, 48)  # an inference tensor, and not the networks' size
         out = module.evaluate_images(images)

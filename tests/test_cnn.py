@@ -34,7 +34,7 @@ def test_seed_architecture_at_256_px() -> None:
 def test_map_is_at_input_resolution(size: tuple[int, int]) -> None:
     module = _tiny_module().eval()
     with torch.no_grad():
-        out = module.predict_anomaly(torch.rand(3, 3, *size))
+        out = module.evaluate_images(torch.rand(3, 3, *size))
     assert out.anomaly_map.shape == (3, 1, *size) and out.pred_score.shape == (3,)
     assert torch.isfinite(out.pred_score).all()
 

@@ -17,6 +17,7 @@ from adlab.backbones import FeatureExtractor
 from adlab.cli import train
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
 from adlab.models.ddad import DDADModule, RepeatedNoise, ddad_condition
+from adlab.postprocess import PostProcessor
 
 SIZE = 32
 
@@ -33,7 +34,7 @@ def _module(stage: str = "diffusion", **kwargs: object) -> DDADModule:
         image_size=SIZE,
     )
     extractor = FeatureExtractor("resnet18", (1, 2, 3), weights=None, allow_random_init=True)
-    defaults = dict(t_start=10, num_steps=5, eta=1.0, w=1.0, map_sigma=1.0)
+    defaults = dict(t_start=10, num_steps=5, eta=1.0, w=1.0, postprocess=PostProcessor(sigma=1.0))
     return DDADModule(
         unet,
         DiffusionScheduler(20, noise_fn=RepeatedNoise()),
@@ -85,9 +86,9 @@ def test_scores_do_not_depend_on_the_batch(calibrated: bool) -> None:
         module.calibrate_pixel_ratio(torch.rand(4, 3, SIZE, SIZE))
         assert torch.isfinite(module.pixel_ratio)
     with torch.no_grad():
-        together = module.predict_anomaly(images)
-        alone = [module.predict_anomaly(images[i : i + 1]) for i in range(5)]
-        shuffled = module.predict_anomaly(images[[3, 0, 4]])
+        together = module.evaluate_images(images)
+        alone = [module.evaluate_images(images[i : i + 1]) for i in range(5)]
+        shuffled = module.evaluate_images(images[[3, 0, 4]])
     for i, out in enumerate(alone):
         torch.testing.assert_close(
             out.anomaly_map[0], together.anomaly_map[i], rtol=1e-4, atol=1e-5
@@ -250,11 +251,11 @@ def test_eval_crop_scores_and_measures_inside_the_central_crop() -> None:
     """Official: map and mask cropped to the central window; the input is not cropped."""
     from adlab.metrics import AnomalyMetrics
 
-    module = _module(eval_crop=24, ratio_images=0).eval()
+    module = _module(postprocess=PostProcessor(sigma=1.0, eval_crop=24), ratio_images=0).eval()
     images = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        full = _module(ratio_images=0).eval().predict_anomaly(images)
-        out = module.predict_anomaly(images)
+        full = _module(ratio_images=0).eval().evaluate_images(images)
+        out = module.evaluate_images(images)
     assert out.anomaly_map.shape == (2, 1, SIZE, SIZE)  # the map covers the whole input
     torch.testing.assert_close(out.anomaly_map, full.anomaly_map)
     inside = full.anomaly_map[..., 4:28, 4:28].flatten(1).amax(dim=1)

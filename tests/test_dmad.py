@@ -20,7 +20,9 @@ from adlab.cli import train
 from adlab.models.dmad import DMADModel, DMADModule, OffsetNet, VectorQuantizer, warp
 from adlab.models.dmad.deformation import Deformation, coord_channels, field_magnitude
 from adlab.models.dmad.loss import dmad_losses, smoothness
-from adlab.postprocess import max_score
+from adlab.postprocess import PostProcessor, max_score
+
+_SMOOTH = PostProcessor(sigma=1.0, score="method")
 
 
 def _smooth_image(size: int = 40) -> torch.Tensor:
@@ -197,13 +199,13 @@ def test_loss_terms_finite_and_decrease_on_tiny_data() -> None:
 
 def test_scores_independent_of_batch_and_calibrated() -> None:
     torch.manual_seed(0)
-    module = DMADModule(_tiny_model(official_init=False), w=0.2, map_sigma=1.0).eval()
+    module = DMADModule(_tiny_model(official_init=False), w=0.2, postprocess=_SMOOTH).eval()
     images = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         module.calibrate(images, batch_size=3)
-        m, o = module.raw_maps(images)
-        batch = module.predict_anomaly(images)
-        single = [module.predict_anomaly(images[i : i + 1]) for i in range(4)]
+        m, o = (module.postprocessor.smooth(x) for x in module.raw_maps(images))
+        batch = module.evaluate_images(images)
+        single = [module.evaluate_images(images[i : i + 1]) for i in range(4)]
     low_m, high_m, low_o, high_o = module.calibration
     assert torch.isclose(max_score(m).min(), low_m) and torch.isclose(max_score(o).max(), high_o)
     assert batch.anomaly_map.shape == (4, 1, 32, 32) and batch.pred_score.shape == (4,)
@@ -218,14 +220,14 @@ def test_map_terms_are_scaled_by_their_pixel_range() -> None:
     With inverse fields at their limit on every image the maxima of O hardly vary, and scaling
     the map by the range of the maxima made w O outweigh M' (maps hottest on the background)."""
     torch.manual_seed(0)
-    module = DMADModule(_tiny_model(official_init=False), w=0.05, map_sigma=1.0).eval()
+    module = DMADModule(_tiny_model(official_init=False), w=0.05, postprocess=_SMOOTH).eval()
     for head in (module.model.offset_net.inverse_coarse, module.model.offset_net.inverse_fine):
         head[-2].bias.data.fill_(1.0)  # inverse fields near their limit on every image
     images = torch.rand(6, 3, 32, 32)
     with torch.no_grad():
         module.calibrate(images, batch_size=3)
-        m, o = module.raw_maps(images)
-        anomaly_map = module.predict_anomaly(images).anomaly_map
+        m, o = (module.postprocessor.smooth(x) for x in module.raw_maps(images))
+        anomaly_map = module.evaluate_images(images).anomaly_map
     low_o, high_o = module.calibration[2:]
     assert high_o - low_o < 0.1 * (o.amax() - o.amin())  # the maxima of O barely vary
     torch.testing.assert_close(

@@ -14,10 +14,10 @@ from adlab.models.draem import (
 )
 from adlab.models.draem.lightning_model import (
     draem_losses,
-    mean_filter_max,
     multistep_at_fractions,
     rotate_images,
 )
+from adlab.postprocess import PostProcessor
 from adlab.synthesis import DraemAnomalySynthesizer
 
 
@@ -80,17 +80,18 @@ def test_score_is_max_of_the_21x21_mean_filtered_map() -> None:
     amap[0, 0, 20, 20] = 1.0  # a single hot pixel is diluted by 21 * 21
     amap[1, 0, 5:26, 10:31] = 1.0  # a 21 x 21 block scores 1
     amap[2, 0, :11, :11] = 1.0  # an 11 x 11 corner block: zero padding counts in the mean
-    score = mean_filter_max(amap, 21)
+    mean_filter_max = PostProcessor(score="mean_filtered_max", kernel_size=21).score_map
+    score = mean_filter_max(amap)
     assert score.tolist() == pytest.approx([1 / 441, 1.0, 121 / 441], rel=1e-5)
     rand = torch.rand(2, 1, 33, 35)
     official = F.avg_pool2d(rand, 21, stride=1, padding=10).flatten(1).amax(dim=1)
-    assert torch.allclose(mean_filter_max(rand, 21), official, atol=1e-6)
+    assert torch.allclose(mean_filter_max(rand), official, atol=1e-6)
 
 
 def test_predict_anomaly_shapes_and_ranges() -> None:
     module = _tiny_module().eval()
     with torch.no_grad():
-        out = module.predict_anomaly(torch.rand(2, 3, 64, 32))
+        out = module.evaluate_images(torch.rand(2, 3, 64, 32))
     assert out.anomaly_map.shape == (2, 1, 64, 32) and out.pred_score.shape == (2,)
     assert out.anomaly_map.min() >= 0 and out.anomaly_map.max() <= 1
     assert out.reconstruction is not None and out.reconstruction.shape == (2, 3, 64, 32)

@@ -17,10 +17,11 @@ from PIL import Image
 
 from adlab.cli import evaluate, train
 from adlab.data.synthetic import render_sample
-from adlab.postprocess import mask_map
+from adlab.postprocess import PostProcessor, mask_map
 from adlab.postprocess.foreground import estimate_foreground_mask, load_mask
 from adlab.postprocess.registration import Registrator, to_pixel_homography, warp
 from adlab.postprocess.techniques import ForegroundMasking, Registration
+from adlab.types import AnomalyOutput
 
 
 def _disc_images(n: int, size: int = 48, radius: float = 13.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +58,12 @@ def test_masking_zeros_the_background_of_a_map() -> None:
     assert torch.equal(masked[:, :, truth[0, 0] == 1], amap[:, :, truth[0, 0] == 1])
     technique = ForegroundMasking(margin=0)
     technique.fit(images)
-    out, score = technique.apply(amap, amap.flatten(1).amax(1))
-    assert out[:, :, 0, 0].eq(0).all() and torch.equal(score, out.flatten(1).amax(1))
+    out = technique.apply(AnomalyOutput(amap), PostProcessor(score="max"), (48, 48))
+    assert out.anomaly_map[:, :, 0, 0].eq(0).all()
+    assert torch.equal(out.pred_score, out.anomaly_map.flatten(1).amax(1))
+    # the model's own rule scores the masked map (mean: the background zeros count)
+    mean = technique.apply(AnomalyOutput(amap), PostProcessor(score="mean"), (48, 48))
+    torch.testing.assert_close(mean.pred_score, (amap * truth).flatten(1).mean(1))
     with pytest.raises(ValueError, match="does not match"):
         mask_map(amap, truth[..., :20, :20])
 
@@ -149,11 +154,11 @@ def test_evaluate_every_checkpoint_of_a_run(disc_run: dict, tmp_path: Path) -> N
         "model.ckpt",
     ]
     overrides = [f"ckpt={run_dir}", "techniques.foreground=null", "techniques.registration=null"]
-    overrides += ["techniques.gaussian.sigmas=[2]"]
+    overrides += ["techniques.smoothing.sigmas=[2]"]
     table = evaluate.run(_eval_cfg(tmp_path, overrides))
     written = pd.read_csv(tmp_path / "evaluation.csv")
     assert len(written) == len(table) == 6
-    assert sorted(set(written.technique)) == ["gaussian_2", "none"]
+    assert sorted(set(written.technique)) == ["none", "sigma_2"]
     assert sorted(set(Path(p).name for p in written.ckpt_path)) == [
         "epoch=0.ckpt",
         "epoch=1.ckpt",
@@ -177,7 +182,7 @@ def test_evaluate_every_checkpoint_of_a_run(disc_run: dict, tmp_path: Path) -> N
     final = written[written.ckpt_path.str.endswith("model.ckpt")].set_index("technique")
     assert final.loc["none", "img_auc"] == pytest.approx(disc_run["results"]["img_auroc"])
     assert final.loc["none", "pixel_auc"] == pytest.approx(disc_run["results"]["pixel_auroc"])
-    assert final.loc["gaussian_2", "pixel_auc"] != final.loc["none", "pixel_auc"]
+    assert final.loc["sigma_2", "pixel_auc"] != final.loc["none", "pixel_auc"]
     for png in [*written.roc_png, *written.pr_png]:
         path = tmp_path / png
         assert path.suffix == ".png" and 2_000 < path.stat().st_size < 100_000
@@ -186,7 +191,7 @@ def test_evaluate_every_checkpoint_of_a_run(disc_run: dict, tmp_path: Path) -> N
 
 def test_evaluate_foreground_and_registration_on_a_glob(disc_run: dict, tmp_path: Path) -> None:
     pattern = str(disc_run["run_dir"] / "checkpoints" / "model*.ckpt")
-    overrides = [f"ckpt='{pattern}'", "techniques.none=null", "techniques.gaussian=null"]
+    overrides = [f"ckpt='{pattern}'", "techniques.none=null", "techniques.smoothing=null"]
     overrides += ["techniques.registration.num_iterations=30", "save_maps=true"]
     table = evaluate.run(_eval_cfg(tmp_path, overrides))
     assert list(table.technique) == ["foreground", "registration"]

@@ -111,10 +111,10 @@ def test_draem_subnetworks_match_official(draem: dict[str, Any]) -> None:
 
 
 def test_draem_score_and_losses_match_official(draem: dict[str, Any]) -> None:
-    from adlab.models.draem.lightning_model import draem_losses, mean_filter_max
+    from adlab.models.draem.lightning_model import DraemModule, draem_losses
 
     ref = draem["ref"]
-    score = mean_filter_max(ref["out_mask"].softmax(dim=1)[:, 1:], 21)
+    score = DraemModule.default_postprocess.score_map(ref["out_mask"].softmax(dim=1)[:, 1:])
     torch.testing.assert_close(score, ref["image_score"], atol=1e-5, rtol=0)
     terms = draem_losses(
         ref["gray_rec"], ref["out_mask"], ref["clean"].float(), ref["anomaly_mask"].float()
@@ -311,13 +311,12 @@ def test_ddad_unet_eps_in_the_official_chain() -> None:
 def test_ddad_anomaly_map_and_da_loss_match_official() -> None:
     """Distances, the official batch-wide ratio (``ratio_mode=batch``), smoothing, DA loss."""
     from adlab.models.ddad.torch_model import (
-        center_crop,
         combine_distances,
         domain_adaptation_loss,
         feature_distance,
         pixel_distance,
     )
-    from adlab.postprocess import gaussian_smooth
+    from adlab.postprocess import center_crop, gaussian_smooth
 
     ref = _load("ddad_anomaly_map.pt")
     target, output = ref["target"].float(), ref["output"].float()

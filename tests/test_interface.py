@@ -11,6 +11,7 @@ from conftest import MODEL_CONFIGS, compose_train
 from hydra.utils import instantiate
 
 from adlab.models.base import AnomalyModule
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 
@@ -26,6 +27,9 @@ def test_predict_anomaly_contract(model: str, tmp_path: Path, synthetic_root: Pa
     assert out.pred_score.shape == (2,) and torch.isfinite(out.pred_score).all()
     if out.reconstruction is not None:
         assert out.reconstruction.shape == images.shape
+    post = module.postprocessor
+    if post.score != "method":  # a map and its score always agree
+        torch.testing.assert_close(out.pred_score, post.score_map(out.anomaly_map))
 
 
 class _Fixed(AnomalyModule):
@@ -34,15 +38,18 @@ class _Fixed(AnomalyModule):
     def predict_anomaly(self, images: torch.Tensor) -> AnomalyOutput:
         amap = torch.zeros(images.shape[0], 1, 8, 8)
         amap[:, :, 4, 4] = 1.0
-        return AnomalyOutput(amap, amap.flatten(1).amax(1))
+        return AnomalyOutput(amap)
 
 
-def test_base_resizes_and_smooths_maps() -> None:
+def test_base_resizes_smooths_and_scores_the_smoothed_map() -> None:
     raw = _Fixed().evaluate_images(torch.rand(3, 3, 32, 32))
     assert raw.anomaly_map.shape == (3, 1, 32, 32)
-    smooth = _Fixed(smoothing_sigma=2.0).evaluate_images(torch.rand(3, 3, 32, 32))
+    smooth = _Fixed(postprocess=PostProcessor(sigma=2.0)).evaluate_images(torch.rand(3, 3, 32, 32))
     assert smooth.anomaly_map.max() < raw.anomaly_map.max()
     assert float(smooth.anomaly_map.sum()) == pytest.approx(float(raw.anomaly_map.sum()), rel=0.05)
+    # the score is the max of the smoothed map, not of the raw one (issue 17)
+    torch.testing.assert_close(smooth.pred_score, smooth.anomaly_map.flatten(1).amax(1))
+    assert (smooth.pred_score < raw.pred_score).all()
 
 
 def test_thresholds_survive_a_checkpoint_even_if_a_subclass_replaces_the_hook() -> None:

@@ -21,6 +21,7 @@ from adlab.models.pretrained_ddpm import (
     load_pretrained_unet,
     state_dict_mismatches,
 )
+from adlab.postprocess import PostProcessor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "guided_diffusion_256_uncond_keys.json"
 
@@ -47,7 +48,7 @@ def _tiny_unet(seed: int) -> UNet:
 
 
 def _module(build_unet: Callable[[], UNet], **kw) -> PretrainedDDPMModule:
-    args = dict(t_start=20, num_steps=4, map_sigma=1.0, eval_seed=3)
+    args = dict(t_start=20, num_steps=4, postprocess=PostProcessor(sigma=1.0), eval_seed=3)
     return PretrainedDDPMModule(build_unet, DiffusionScheduler(100), **(args | kw)).eval()
 
 

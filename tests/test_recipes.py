@@ -90,7 +90,8 @@ def test_draem_mvtec_paper_recipe(category: str) -> None:
     assert cfg.model.loss_variant == "official"
     assert list(cfg.model.synthesizer.beta_range) == [0.1, 1.0]
     assert len(cfg.model.synthesizer.source_ops) == 7 and cfg.model.rotate_degrees == 45
-    assert cfg.model.score_kernel == 21 and cfg.model.ssim_weight == 1.0
+    assert cfg.model.postprocess.kernel_size == 21 and cfg.model.ssim_weight == 1.0
+    assert cfg.model.postprocess.score == "mean_filtered_max" and cfg.model.postprocess.sigma == 0
 
 
 @pytest.mark.parametrize("variant, epochs", [("code", 700), ("released", 800)])
@@ -122,10 +123,10 @@ DDAD_VISA = {
 
 def _ddad_common(cfg: DictConfig) -> None:
     assert cfg.dataset.image_size == 256 and cfg.dataset.drop_last is True
-    assert cfg.model.eval_crop == 224  # official protocol: central 224 of map and mask
+    assert cfg.model.postprocess.eval_crop == 224  # official: central 224 of map and mask
     assert cfg.model.ratio_mode == "calibrated"  # what the recipe reports (official: batch)
     assert (cfg.model.t_start, cfg.model.num_steps, cfg.model.eta) == (250, 10, 1.0)
-    assert cfg.model.map_layers == [1, 2] and cfg.model.map_sigma == 4
+    assert cfg.model.map_layers == [1, 2] and cfg.model.postprocess.sigma == 4
     assert cfg.model.feature_extractor.name == "wide_resnet101_2.tv_in1k"
     assert cfg.model.optimizer.lr == 3e-4 and cfg.model.optimizer.weight_decay == 0.05
     assert cfg.model.da_optimizer.lr == 1e-4 and cfg.model.da_w == 3

@@ -25,12 +25,13 @@ from typing import Any, NamedTuple
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from adlab.backbones import weights_from_checkpoint
 from adlab.callbacks.metadata import META_KEY
 from adlab.models.base import AnomalyModule
+from adlab.postprocess.pipeline import legacy_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,13 @@ def load_checkpoint(ckpt_path: str | Path, trust: bool = False) -> dict[str, Any
 def build_model(model_cfg: dict[str, Any]) -> AnomalyModule:
     """Instantiate a module from a stored (resolved) model config with empty backbones.
 
-    The result must get its weights from a ``state_dict`` (see :func:`restore`).
+    The result must get its weights from a ``state_dict`` (see :func:`restore`). A config from
+    before the ``postprocess`` block is upgraded (:func:`~adlab.postprocess.pipeline.
+    legacy_postprocess`).
     """
+    target = get_class(model_cfg["_target_"])
+    if isinstance(target, type) and issubclass(target, AnomalyModule):
+        model_cfg = legacy_postprocess(model_cfg, target.default_postprocess)
     with weights_from_checkpoint():
         model = instantiate(OmegaConf.create(model_cfg))
     if not isinstance(model, AnomalyModule):

@@ -28,14 +28,19 @@ Batch = dict[str, "torch.Tensor | list[str]"]
 
 
 class AnomalyOutput(NamedTuple):
-    """What every method's ``predict_anomaly`` returns; higher means more anomalous.
+    """A method's output; higher means more anomalous.
+
+    Raw (``predict_anomaly``) and post-processed (``evaluate_images``, see
+    :class:`adlab.postprocess.PostProcessor`) outputs share this type.
 
     Attributes:
-        anomaly_map: ``(B, 1, H, W)`` float, at the input resolution.
-        pred_score: ``(B,)`` float image-level score.
+        anomaly_map: ``(B, 1, h, w)`` float: raw, any resolution, unsmoothed; post-processed,
+            ``(B, 1, H, W)`` at the input resolution.
+        pred_score: ``(B,)`` float image-level score: raw, only for ``score: method`` (else
+            None, or ignored); post-processed, always set.
         reconstruction: optional ``(B, 3, H, W)`` in ``[0, 1]`` for methods that reconstruct.
     """
 
     anomaly_map: torch.Tensor
-    pred_score: torch.Tensor
+    pred_score: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None

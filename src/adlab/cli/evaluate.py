@@ -1,7 +1,9 @@
 """``run(cfg)``: evaluate checkpoints under post-processing techniques (``python evaluate.py``).
 
-For each checkpoint the test set is scored once and the maps are cached in memory; every map
-technique (none, Gaussian smoothing, foreground masking) is applied to the cache. Inference
+For each checkpoint the test set is scored once and the raw outputs (``predict_anomaly``) are
+cached in memory; every map technique (none, smoothing, foreground masking) runs them through
+the model's post-processor, as configured or changed (:mod:`adlab.postprocess.techniques`), so
+the ``none`` rows are the test run's numbers. Inference
 techniques (registration) run the model again on transformed images. Each (checkpoint, technique)
 gives one row of ``evaluation.csv`` (written atomically after every checkpoint) and two PNGs:
 ``curves/<ckpt_id>/<technique>_roc.png`` and ``..._pr.png`` (image and pixel curves, ~15 KB
@@ -40,10 +42,12 @@ from adlab.postprocess.techniques import (
     DataGeometry,
     InferenceTechnique,
     MapTechnique,
+    NoPostprocessing,
     Technique,
 )
 from adlab.predictions_page import write_page_index
 from adlab.results import KEY, RENAMED, atomic_write_csv
+from adlab.types import AnomalyOutput
 from adlab.viz import curve_figure, save_figure
 
 log = logging.getLogger(__name__)
@@ -144,32 +148,49 @@ def _cache_outputs(
     device: torch.device,
     technique: InferenceTechnique | None = None,
 ) -> dict[str, Any]:
-    """Score the test set once: ``pred_score (N,)``, ``anomaly_map (N, 1, H, W)``, ``gt_label
-    (N,)``, ``gt_mask (N, 1, H, W)``, ``has_mask (N,)`` on CPU and ``image_path``."""
+    """Score the test set once, on CPU: ``anomaly_map`` (raw ``(N, 1, h, w)`` without a
+    technique, else the technique's ``(N, 1, H, W)``), ``pred_score (N,)`` (None for a raw output
+    without one), ``gt_label (N,)``, ``gt_mask (N, 1, H, W)``, ``has_mask (N,)``, ``image_path``."""
     parts: dict[str, list[Any]] = {k: [] for k in ("pred_score", "anomaly_map", *_TARGETS)}
     paths: list[str] = []
     for batch in _batches(datamodule, device):
         images = batch[T.IMAGE]
         if technique is None:
-            out = model.evaluate_images(images)
+            out = model.predict_anomaly(images)
         else:
             out = technique.infer(model, images, list(batch[T.IMAGE_PATH]))
-        parts["pred_score"].append(out.pred_score.float().cpu())
+        if out.pred_score is not None:
+            parts["pred_score"].append(out.pred_score.float().cpu())
         parts["anomaly_map"].append(out.anomaly_map.float().cpu())
         for key in _TARGETS:
             parts[key].append(batch[key].cpu())
         paths += batch[T.IMAGE_PATH]
-    return {k: torch.cat(v) for k, v in parts.items()} | {T.IMAGE_PATH: paths}
+    cache = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    return cache | {T.IMAGE_PATH: paths}
+
+
+def _post_processed(
+    technique: MapTechnique, model: AnomalyModule, raw: dict[str, Any]
+) -> dict[str, Any]:
+    """The raw cache with the map and score of ``technique`` at the ground truth's size."""
+    out = technique.apply(
+        AnomalyOutput(raw["anomaly_map"], raw["pred_score"]),
+        model.postprocessor,
+        tuple(raw[T.GT_MASK].shape[-2:]),
+    )
+    return raw | {"anomaly_map": out.anomaly_map, "pred_score": out.pred_score}
 
 
 def _metrics(model: AnomalyModule, cache: dict[str, Any]) -> dict[str, float]:
-    """AnomalyMetrics on the cached outputs, with the results table's column names."""
+    """AnomalyMetrics on the cached outputs (inside the post-processor's evaluation window, as
+    the test run), with the results table's column names."""
     metrics = AnomalyMetrics(pixel_metrics=model.test_metrics.pixel_metrics)
+    crop = model.postprocessor.crop
     metrics.update(
         cache["pred_score"],
         cache[T.GT_LABEL],
-        cache["anomaly_map"],
-        cache[T.GT_MASK],
+        crop(cache["anomaly_map"]),
+        crop(cache[T.GT_MASK]),
         cache[T.HAS_MASK],
     )
     return {RENAMED.get(k, k): v for k, v in metrics.compute().items()}
@@ -250,7 +271,8 @@ def evaluate_checkpoint(
     meta, files_id = ckpt[META_KEY], ckpt_id(path, ckpt[META_KEY])
     rows = []
     t0 = time.perf_counter()
-    cached = _cache_outputs(model, datamodule, device)
+    raw = _cache_outputs(model, datamodule, device)
+    cached = _post_processed(NoPostprocessing(), model, raw)  # the test run's maps and scores
     inference_seconds = time.perf_counter() - t0
     if cfg.get("page", True):
         info = evaluation_info(model, meta["model_name"], cached, datamodule)
@@ -260,8 +282,7 @@ def evaluate_checkpoint(
     for technique in techniques:
         t0 = time.perf_counter()
         if isinstance(technique, MapTechnique):
-            amap, score = technique.apply(cached["anomaly_map"], cached["pred_score"])
-            cache = cached | {"anomaly_map": amap, "pred_score": score}
+            cache = _post_processed(technique, model, raw)
             seconds = inference_seconds + time.perf_counter() - t0
         else:
             cache = _cache_outputs(model, datamodule, device, technique)

@@ -16,7 +16,7 @@ from torch import nn
 
 from adlab import types as T
 from adlab.metrics import AnomalyMetrics
-from adlab.postprocess import gaussian_smooth, resize_map
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 THRESHOLD_SOURCES = ("none", "test", "validation")
@@ -33,6 +33,8 @@ class AnomalyModule(LightningModule):
             goes straight to testing.
         export_blocker: None if ``evaluate_images`` is a pure function of the images that ONNX
             can trace; otherwise what prevents an export (said by ``export.py``).
+        default_postprocess: the method's :class:`~adlab.postprocess.PostProcessor` when none is
+            given (its config's ``postprocess:`` block normally is).
 
     State that must survive a checkpoint is registered buffers, so no hook can drop it:
     ``thresholds`` ``(2,)`` (image, pixel; NaN until a test or validation epoch set them),
@@ -42,24 +44,26 @@ class AnomalyModule(LightningModule):
     Args:
         optimizer: partial optimizer (Hydra ``_partial_: true``) called with the parameters.
         scheduler: optional partial LR scheduler called with the optimizer.
-        smoothing_sigma: extra Gaussian smoothing of every map after resizing (0 = none).
+        postprocess: resize -> smooth -> score -> threshold of every raw map (None:
+            ``default_postprocess``); see :mod:`adlab.postprocess`.
         pixel_metrics: compute pixel-level metrics (needs masks).
     """
 
     requires_training: ClassVar[bool] = True
     export_blocker: ClassVar[str | None] = None
+    default_postprocess: ClassVar[PostProcessor] = PostProcessor()
 
     def __init__(
         self,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.smoothing_sigma = smoothing_sigma
+        self.postprocessor = self.default_postprocess if postprocess is None else postprocess
         self.val_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
         self.test_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
         self.register_buffer("thresholds", torch.full((2,), math.nan))
@@ -100,7 +104,9 @@ class AnomalyModule(LightningModule):
 
     # ------------------------------------------------------------------ the method's part
     def predict_anomaly(self, images: torch.Tensor) -> AnomalyOutput:
-        """Score images ``(B, 3, H, W)`` in ``[0, 1]``; see :class:`adlab.types.AnomalyOutput`."""
+        """Raw output for images ``(B, 3, H, W)`` in ``[0, 1]``: ``anomaly_map (B, 1, h, w)``
+        unsmoothed at any resolution, ``pred_score (B,)`` only for ``score: method``; see
+        :mod:`adlab.postprocess`."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
@@ -109,20 +115,21 @@ class AnomalyModule(LightningModule):
 
     # ------------------------------------------------------------------ shared evaluation
     def evaluate_images(self, images: torch.Tensor) -> AnomalyOutput:
-        """``predict_anomaly`` followed by the shared post-processing (resize, smoothing)."""
-        out = self.predict_anomaly(images)
-        anomaly_map = resize_map(out.anomaly_map.float(), tuple(images.shape[-2:]))
-        anomaly_map = gaussian_smooth(anomaly_map, self.smoothing_sigma)
-        return AnomalyOutput(anomaly_map, out.pred_score.float(), out.reconstruction)
+        """``predict_anomaly`` then the method's post-processor at the input size: map ``(B, 1,
+        H, W)`` and score ``(B,)`` for images ``(B, 3, H, W)``."""
+        return self.postprocessor(self.predict_anomaly(images), tuple(images.shape[-2:]))
 
     def _eval_step(self, batch: T.Batch, metrics: AnomalyMetrics) -> dict[str, Any]:
+        """Metrics on the post-processor's evaluation window (``eval_crop``) of map and mask;
+        the returned outputs keep the whole map (sample pictures)."""
         out = self.evaluate_images(batch[T.IMAGE])
-        self._epoch_range.append(torch.stack((out.anomaly_map.min(), out.anomaly_map.max())))
+        anomaly_map = self.postprocessor.crop(out.anomaly_map)
+        self._epoch_range.append(torch.stack((anomaly_map.min(), anomaly_map.max())))
         metrics.update(
             out.pred_score,
             batch[T.GT_LABEL],
-            out.anomaly_map,
-            batch[T.GT_MASK],
+            anomaly_map,
+            self.postprocessor.crop(batch[T.GT_MASK]),
             batch.get(T.HAS_MASK),
         )
         return out._asdict()
@@ -184,12 +191,15 @@ class AnomalyModule(LightningModule):
     def predict_step(self, batch: T.Batch, batch_idx: int) -> dict[str, Any]:
         """Scores, maps and binary decisions (with the stored thresholds) for new images."""
         out = self.evaluate_images(batch[T.IMAGE])
+        pred_label, pred_mask = self.postprocessor.decide(
+            out, self.image_threshold, self.pixel_threshold
+        )
         return {
             T.IMAGE_PATH: batch[T.IMAGE_PATH],
             "pred_score": out.pred_score,
-            "pred_label": out.pred_score >= self.image_threshold,
+            "pred_label": pred_label,
             "anomaly_map": out.anomaly_map,
-            "pred_mask": out.anomaly_map >= self.pixel_threshold,
+            "pred_mask": pred_mask,
         }
 
     # ------------------------------------------------------------------ checkpoint + optim

@@ -33,6 +33,16 @@ def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(anomaly_map, size=size, mode="bilinear", align_corners=False)
 
 
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Central ``size`` x ``size`` window of ``(B, C, H, W)`` (torchvision ``CenterCrop``'s
+    offsets ``round((H - size) / 2)``): DDAD's official evaluation crops map and mask to 224."""
+    height, width = x.shape[-2:]
+    if size > min(height, width):
+        raise ValueError(f"postprocess.eval_crop={size} is larger than the map ({height}x{width})")
+    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
+    return x[..., top : top + size, left : left + size]
+
+
 def max_score(anomaly_map: torch.Tensor) -> torch.Tensor:
     """Image score as the maximum of the map: ``(B, 1, H, W) -> (B,)``."""
     return anomaly_map.flatten(1).amax(dim=1)

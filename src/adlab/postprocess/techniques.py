@@ -2,14 +2,15 @@
 
 Two kinds:
 
-- :class:`MapTechnique` works on the cached anomaly maps of a checkpoint (no new inference):
-  :class:`NoPostprocessing`, :class:`GaussianSmoothing`, :class:`ForegroundMasking`. The image
-  score of a modified map is its maximum; ``none`` keeps the model's own score, so its numbers
-  match the test run.
+- :class:`MapTechnique` works on the cached raw outputs of a checkpoint (no new inference) and
+  runs them through the model's own :class:`~adlab.postprocess.PostProcessor`, changed or with a
+  mask: :class:`NoPostprocessing` (the post-processor as configured: the test run's numbers),
+  :class:`Smoothing` (another sigma), :class:`ForegroundMasking` (a mask before scoring). So the
+  score always follows the model's score rule on the map the row measures (a ``method`` score,
+  which is not a function of the map, stays the method's).
 - :class:`InferenceTechnique` changes the model's input, so it runs the model again:
-  :class:`Registration` aligns each test image to a reference normal image, scores the aligned
-  image with the model's own score, and maps the anomaly map back to the original frame so the
-  ground-truth masks still apply.
+  :class:`Registration` aligns each test image to a reference normal image, maps the raw map back
+  to the original frame (so the ground-truth masks still apply) and post-processes it there.
 
 ``fit(train_images)`` is called once per dataset category with its normal training images.
 """
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from adlab.postprocess.foreground import estimate_foreground_mask, load_mask
-from adlab.postprocess.maps import gaussian_smooth, mask_map, max_score
+from adlab.postprocess.maps import resize_map
+from adlab.postprocess.pipeline import PostProcessor
 from adlab.postprocess.registration import Registrator, warp
 from adlab.types import AnomalyOutput
 
@@ -61,13 +63,14 @@ class Technique:
 
 
 class MapTechnique(Technique, ABC):
-    """Transforms cached ``(anomaly_map (N, 1, H, W), pred_score (N,))`` pairs."""
+    """Post-processes cached raw outputs with (a variant of) the model's post-processor."""
 
     @abstractmethod
     def apply(
-        self, anomaly_map: torch.Tensor, pred_score: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the processed ``(anomaly_map (N, 1, H, W), pred_score (N,))``."""
+        self, raw: AnomalyOutput, postprocessor: PostProcessor, size: tuple[int, int]
+    ) -> AnomalyOutput:
+        """Raw ``anomaly_map (N, 1, h, w)`` (and ``pred_score (N,)`` or None) -> the final
+        ``anomaly_map (N, 1, *size)`` and ``pred_score (N,)``."""
 
 
 class InferenceTechnique(Technique, ABC):
@@ -83,41 +86,40 @@ class InferenceTechnique(Technique, ABC):
 
 
 class NoPostprocessing(MapTechnique):
-    """The model's maps and scores as they are (the test run's numbers)."""
+    """The model's post-processor as configured (the test run's numbers)."""
 
     name = "none"
 
     def apply(
-        self, anomaly_map: torch.Tensor, pred_score: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return anomaly_map, pred_score
+        self, raw: AnomalyOutput, postprocessor: PostProcessor, size: tuple[int, int]
+    ) -> AnomalyOutput:
+        return postprocessor(raw, size)
 
 
-class GaussianSmoothing(MapTechnique):
-    """Gaussian smoothing of the map with ``sigma`` pixels; image score = max of the result."""
+class Smoothing(MapTechnique):
+    """The model's post-processor with smoothing ``sigma`` (pixels) instead of its own."""
 
     def __init__(self, sigma: float) -> None:
-        if sigma <= 0:
-            raise ValueError(f"GaussianSmoothing sigma={sigma}: expected a positive value")
+        if sigma < 0:
+            raise ValueError(f"techniques.smoothing sigma={sigma}: expected a value >= 0")
         self.sigma = float(sigma)
-        self.name = f"gaussian_{self.sigma:g}"
+        self.name = f"sigma_{self.sigma:g}"
 
     def apply(
-        self, anomaly_map: torch.Tensor, pred_score: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        smooth = gaussian_smooth(anomaly_map, self.sigma)
-        return smooth, max_score(smooth)
+        self, raw: AnomalyOutput, postprocessor: PostProcessor, size: tuple[int, int]
+    ) -> AnomalyOutput:
+        return postprocessor.replace(sigma=self.sigma)(raw, size)
 
 
-def gaussian_smoothing(sigmas: list[float]) -> list[GaussianSmoothing]:
-    """One :class:`GaussianSmoothing` per sigma (the config's ``sigmas`` list)."""
+def smoothing(sigmas: list[float]) -> list[Smoothing]:
+    """One :class:`Smoothing` per sigma (the config's ``sigmas`` list)."""
     if not sigmas:
-        raise ValueError("gaussian smoothing needs a non-empty list of sigmas, e.g. [2, 4]")
-    return [GaussianSmoothing(s) for s in sigmas]
+        raise ValueError("techniques.smoothing needs a non-empty list of sigmas, e.g. [2, 4]")
+    return [Smoothing(s) for s in sigmas]
 
 
 class ForegroundMasking(MapTechnique):
-    """Restrict the map to the object; image score = max of the masked map.
+    """Restrict the smoothed map to the object before the model's score rule.
 
     Args:
         mask_path: a mask image (nonzero = object), resized to the maps; None estimates the
@@ -160,20 +162,20 @@ class ForegroundMasking(MapTechnique):
             self.mask = estimate_foreground_mask(train_images, **self.options)
 
     def apply(
-        self, anomaly_map: torch.Tensor, pred_score: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: AnomalyOutput, postprocessor: PostProcessor, size: tuple[int, int]
+    ) -> AnomalyOutput:
         if self.mask is None:
             raise RuntimeError("ForegroundMasking.fit(train_images) must run before apply")
-        masked = mask_map(anomaly_map, self.mask)
-        return masked, max_score(masked)
+        return postprocessor(raw, size, mask=self.mask)
 
 
 class Registration(InferenceTechnique):
     """Align each test image to a reference normal image, then score it with the model.
 
     The transforms depend on the images only, so they are estimated once per image and reused
-    for every checkpoint. The aligned image is resampled with reflection padding; its map is
-    warped back (border padding) so metrics use the original ground truth.
+    for every checkpoint. The aligned image is resampled with reflection padding; its raw map is
+    resized to the image, warped back (border padding) so metrics use the original ground truth,
+    and post-processed there by the model's post-processor.
 
     Objects only by default: a texture has no pose to align.
 
@@ -224,6 +226,11 @@ class Registration(InferenceTechnique):
     def infer(self, model: AnomalyModule, images: torch.Tensor, keys: list[str]) -> AnomalyOutput:
         src_homo_dst = self.transforms(images, keys).to(images.device)
         aligned = warp(images, src_homo_dst, padding_mode="reflection")
-        out = model.evaluate_images(aligned)
-        anomaly_map = warp(out.anomaly_map, torch.linalg.inv(src_homo_dst), padding_mode="border")
-        return AnomalyOutput(anomaly_map, out.pred_score, out.reconstruction)
+        raw = model.predict_anomaly(aligned)
+        size = tuple(images.shape[-2:])
+        back = warp(
+            resize_map(raw.anomaly_map.float(), size),
+            torch.linalg.inv(src_homo_dst),
+            padding_mode="border",
+        )
+        return model.postprocessor(raw._replace(anomaly_map=back), size)

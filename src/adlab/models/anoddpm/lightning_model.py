@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 from adlab import types as T
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
-from adlab.postprocess import gaussian_smooth, max_score
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 
@@ -52,15 +52,15 @@ class AnoDDPMModule(AnomalyModule):
         sampler: ``ddpm`` (paper: every ancestral step) or ``ddim``.
         num_steps: network evaluations for ``ddim`` (None: all ``t_start``).
         eta: DDIM stochasticity.
-        score: image score from the map: ``max`` or ``mean``.
-        map_sigma: Gaussian smoothing of the error map before scoring (0 = none).
         ema_decay: EMA of the weights used at test time (paper: 0.9999, with the warm-up of
             ``ema_with_warmup``); 0 disables it. The EMA copy is frozen (no gradients).
         grad_clip_norm: gradient-norm clipping (paper: 1.0); 0 disables it.
         eval_seed: seed of the test-time noise, so evaluations are repeatable.
-        smoothing_sigma: extra shared smoothing (base class).
+        postprocess: smoothing of the error map (official: sigma 4) and the score rule (max).
         pixel_metrics: compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(sigma=4.0, score="max")
 
     def __init__(
         self,
@@ -73,24 +73,21 @@ class AnoDDPMModule(AnomalyModule):
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         num_steps: int | None = None,
         eta: float = 0.0,
-        score: Literal["max", "mean"] = "max",
-        map_sigma: float = 4.0,
         ema_decay: float = 0.9999,
         grad_clip_norm: float = 1.0,
         eval_seed: int = 0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
+        super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
         total = noise_scheduler.num_train_timesteps
         if not 0 < train_t_max <= total or not 0 <= t_start <= total:
             raise ValueError(
                 f"need 0 < train_t_max <= T and 0 <= t_start <= T (T={total}); got "
                 f"train_t_max={train_t_max}, t_start={t_start}"
             )
-        if score not in ("max", "mean"):
-            raise ValueError(f"score must be 'max' or 'mean', got {score!r}")
-        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "optimizer", "scheduler"])
+        ignore = ["unet", "noise_scheduler", "optimizer", "scheduler", "postprocess"]
+        self.save_hyperparameters(ignore=ignore)
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.ema = None
@@ -123,7 +120,7 @@ class AnoDDPMModule(AnomalyModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)``: squared error of the partial-diffusion reconstruction."""
+        """Raw map ``(B, 1, H, W)``: squared error of the partial-diffusion reconstruction."""
         x0 = images * 2 - 1
         generator = torch.Generator(device=images.device).manual_seed(self.hparams.eval_seed)
         unet = self.ema.module if self.ema is not None else self.unet
@@ -138,9 +135,4 @@ class AnoDDPMModule(AnomalyModule):
             generator=generator,
         )
         error = (x0 - x0_hat).pow(2).mean(dim=1, keepdim=True)
-        anomaly_map = gaussian_smooth(error, self.hparams.map_sigma)
-        if self.hparams.score == "max":
-            pred_score = max_score(anomaly_map)
-        else:
-            pred_score = anomaly_map.flatten(1).mean(1)
-        return AnomalyOutput(anomaly_map, pred_score, (x0_hat + 1) / 2)
+        return AnomalyOutput(error, None, (x0_hat + 1) / 2)

@@ -8,8 +8,6 @@ mean of ``|x - G(z)|``, score = the final mapping loss A(x). See ``README.md`` h
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,15 +15,15 @@ from torch import Tensor
 from adlab import types as T
 from adlab.models.anogan.torch_model import Discriminator, Generator, latent_search
 from adlab.models.base import AnomalyModule, OptimizerFactory
-from adlab.postprocess import gaussian_smooth, max_score, resize_map
+from adlab.postprocess import PostProcessor, resize_map
 from adlab.types import AnomalyOutput
 
 
 class AnoGANModule(AnomalyModule):
     """AnoGAN behind the one interface.
 
-    Images are resized to the networks' ``image_size`` and mapped to [-1, 1] internally; maps
-    are resized back to the input size before smoothing.
+    Images are resized to the networks' ``image_size`` and mapped to [-1, 1] internally; the
+    post-processor resizes the raw maps back to the input size before smoothing.
 
     Args:
         generator: DCGAN generator.
@@ -35,12 +33,13 @@ class AnoGANModule(AnomalyModule):
         search_steps: Gamma, Adam steps of the latent search (paper: 500).
         search_lr: Adam learning rate of the latent search.
         lam: lambda, weight of the discrimination loss (paper: 0.1).
-        score: ``anogan`` (A(x), the final mapping loss, eq. 4) or ``max`` (map max).
-        map_sigma: Gaussian smoothing of the residual map, in input pixels (spec: 4).
         eval_seed: seed of the initial latent codes, so evaluations are repeatable.
-        smoothing_sigma: extra shared smoothing (base class).
+        postprocess: smoothing of the residual map in input pixels (spec: 4) and the score
+            rule: ``method`` (A(x), the final mapping loss, eq. 4; default) or a map rule.
         pixel_metrics: compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(sigma=4.0, score="method")
 
     export_blocker = (
         "its score is a test-time latent search (search_steps Adam steps with gradients through "
@@ -56,22 +55,18 @@ class AnoGANModule(AnomalyModule):
         search_steps: int = 500,
         search_lr: float = 0.01,
         lam: float = 0.1,
-        score: Literal["anogan", "max"] = "anogan",
-        map_sigma: float = 4.0,
         eval_seed: int = 0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(None, None, smoothing_sigma, pixel_metrics)
-        if score not in ("anogan", "max"):
-            raise ValueError(f"score must be 'anogan' or 'max', got {score!r}")
+        super().__init__(None, None, postprocess, pixel_metrics)
         if (generator.image_size, generator.out_channels) != (
             discriminator.image_size,
             discriminator.in_channels,
         ):
             raise ValueError("generator and discriminator need the same image_size and channels")
         self.save_hyperparameters(
-            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"]
+            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d", "postprocess"]
         )
         self.automatic_optimization = False
         self.generator = generator
@@ -125,7 +120,8 @@ class AnoGANModule(AnomalyModule):
         self.log("train/d_fake", logits_fake.sigmoid().mean())
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Latent search per image; map ``(B, 1, H, W)`` = smoothed channel-mean ``|x - G(z)|``.
+        """Latent search per image; raw map ``(B, 1, S, S)`` = channel-mean ``|x - G(z)|`` at the
+        networks' size S, score ``(B,)`` = the final mapping loss A(x).
 
         Lightning evaluates under ``torch.inference_mode()``, where nothing can be
         differentiated, and tensors created there (the batch) cannot be saved for backward. The
@@ -148,11 +144,5 @@ class AnoGANModule(AnomalyModule):
                 self.hparams.lam,
             )
         residual = (x - mapping.x_hat).abs().mean(dim=1, keepdim=True).detach()
-        anomaly_map = resize_map(residual, tuple(images.shape[-2:]))
-        anomaly_map = gaussian_smooth(anomaly_map, self.hparams.map_sigma)
-        if self.hparams.score == "anogan":
-            pred_score = mapping.losses[-1]
-        else:
-            pred_score = max_score(anomaly_map)
         reconstruction = resize_map((mapping.x_hat.detach() + 1) / 2, tuple(images.shape[-2:]))
-        return AnomalyOutput(anomaly_map, pred_score, reconstruction)
+        return AnomalyOutput(residual, mapping.losses[-1].detach(), reconstruction)

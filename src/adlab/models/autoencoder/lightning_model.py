@@ -12,7 +12,7 @@ from kornia.metrics import ssim
 from adlab import types as T
 from adlab.models.autoencoder.torch_model import AutoEncoder
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
-from adlab.postprocess import gaussian_smooth, max_score
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 
@@ -26,10 +26,11 @@ class AutoEncoderModule(AnomalyModule):
         ssim_weight: weight of the SSIM loss added to the MSE loss.
         ssim_window: SSIM window size (odd) for loss and map.
         map_type: ``l2`` (channel-mean squared error) or ``ssim`` (1 - SSIM, channel mean).
-        map_sigma: Gaussian smoothing of the error map before scoring (seed design: 4).
-        smoothing_sigma: extra shared smoothing (base class), normally 0 here.
+        postprocess: map post-processing and score rule (seed design: smoothing sigma 4, max).
         pixel_metrics: compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(sigma=4.0, score="max")
 
     def __init__(
         self,
@@ -39,19 +40,17 @@ class AutoEncoderModule(AnomalyModule):
         ssim_weight: float = 1.0,
         ssim_window: int = 11,
         map_type: Literal["l2", "ssim"] = "l2",
-        map_sigma: float = 4.0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
+        super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
         if map_type not in ("l2", "ssim"):
             raise ValueError(f"map_type must be 'l2' or 'ssim', got {map_type!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "postprocess"])
         self.net = net
         self.ssim_weight = ssim_weight
         self.ssim_window = ssim_window
         self.map_type = map_type
-        self.map_sigma = map_sigma
 
     def training_step(self, batch: T.Batch, batch_idx: int) -> torch.Tensor:
         x = batch[T.IMAGE]
@@ -67,11 +66,10 @@ class AutoEncoderModule(AnomalyModule):
         return loss
 
     def predict_anomaly(self, images: torch.Tensor) -> AnomalyOutput:
-        """Map: ``(B, 1, H, W)`` smoothed reconstruction error; score: its max ``(B,)``."""
+        """Raw map ``(B, 1, H, W)``: channel-mean reconstruction error; the reconstruction."""
         x_hat = self.net(images)
         if self.map_type == "l2":
             error = (images - x_hat).pow(2)
         else:
             error = 1.0 - ssim(images, x_hat, self.ssim_window)
-        anomaly_map = gaussian_smooth(error.mean(dim=1, keepdim=True), self.map_sigma)
-        return AnomalyOutput(anomaly_map, max_score(anomaly_map), x_hat)
+        return AnomalyOutput(error.mean(dim=1, keepdim=True), None, x_hat)

@@ -18,6 +18,7 @@ from torch import Tensor
 from adlab import types as T
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.cnn.torch_model import CNNClassifier
+from adlab.postprocess import PostProcessor
 from adlab.synthesis import DraemAnomalySynthesizer
 from adlab.types import AnomalyOutput
 
@@ -30,9 +31,11 @@ class CNNModule(AnomalyModule):
         synthesizer: anomaly simulator for the class-1 half of each batch (``p_normal: 0``).
         optimizer: partial optimizer (seed: Adam lr 1e-4).
         scheduler: optional partial LR scheduler.
-        smoothing_sigma: extra shared smoothing of the map (base class).
+        postprocess: map post-processing; the score rule is ``method`` (the logit margin).
         pixel_metrics: compute pixel metrics (from the coarse CAM).
     """
+
+    default_postprocess = PostProcessor(score="method")
 
     def __init__(
         self,
@@ -40,11 +43,12 @@ class CNNModule(AnomalyModule):
         synthesizer: DraemAnomalySynthesizer,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
-        self.save_hyperparameters(ignore=["net", "synthesizer", "optimizer", "scheduler"])
+        super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
+        ignore = ["net", "synthesizer", "optimizer", "scheduler", "postprocess"]
+        self.save_hyperparameters(ignore=ignore)
         self.net = net
         self.synthesizer = synthesizer
 
@@ -76,7 +80,7 @@ class CNNModule(AnomalyModule):
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
         """Score ``(B,)``: logit margin ``z_1 - z_0`` = logit P(anomalous), monotone in the
-        probability but never saturating; map ``(B, 1, H, W)``: the CAM, bilinearly upsampled."""
+        probability but never saturating; raw map ``(B, 1, h, w)``: the coarse CAM (the
+        post-processor upsamples it bilinearly)."""
         out = self.net(images)
-        cam = F.interpolate(out.cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return AnomalyOutput(cam, out.logits[:, 1] - out.logits[:, 0])
+        return AnomalyOutput(out.cam, out.logits[:, 1] - out.logits[:, 0])

@@ -12,8 +12,9 @@ Two training stages, chosen by ``stage`` (one run each):
 
 Detection (both stages' test): noise the image to ``t_start`` and denoise with the shared
 ``reconstruct`` (DDIM, ``num_steps`` evaluations, ``eta``), the noise estimate conditioned on the
-image itself with weight ``w``; map = D_f + v (max D_f / max D_p) D_p per image, Gaussian
-smoothing; score = map max. See ``README.md`` here.
+image itself with weight ``w``; raw map = D_f + v (max D_f / max D_p) D_p per image; the
+post-processor smooths it (sigma 4) and scores its max (inside ``postprocess.eval_crop``, the
+official protocol). See ``README.md`` here.
 """
 
 from __future__ import annotations
@@ -32,17 +33,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
-from adlab.metrics import AnomalyMetrics
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.ddad.torch_model import (
-    center_crop,
     combine_distances,
     ddad_condition,
     domain_adaptation_loss,
     feature_distance,
     pixel_distance,
 )
-from adlab.postprocess import gaussian_smooth, max_score
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,6 @@ class DDADModule(AnomalyModule):
         w: Conditioning weight at detection (paper: per category).
         v: Weight of the pixel distance in the map (paper: 1 MVTec, 7 VisA).
         map_layers: Positions in the extractor's outputs used for D_f (paper: layer2, layer3).
-        map_sigma: Gaussian smoothing of the map (paper: 4).
         ratio_images: Normal training images (the first, in file order) used to calibrate the
             pixel-term ratio ``max D_f / max D_p`` for the weights of every checkpoint saved
             while fitting and at the end of the fit (``ratio_mode="calibrated"``); 0 scales
@@ -90,17 +88,18 @@ class DDADModule(AnomalyModule):
         ratio_mode: ``calibrated`` (default: the ratio from ``ratio_images`` training images, so
             a score does not depend on its batch), ``batch`` (the official code: maxima over the
             test batch, e.g. 16 images) or ``image`` (each image's own maxima).
-        eval_crop: Official protocol: metrics on the central ``eval_crop`` x ``eval_crop`` of
-            the map and of the mask (224 of a 256 resize), the score = max of the map inside it.
-            The input is not cropped (the map is computed on the whole image). None: whole map.
         da_w: Conditioning weight of the domain-adaptation reconstructions (paper: 3).
         da_lambda: lambda of the domain-adaptation loss (paper: 0.1 MVTec, 0.01 VisA).
         ema_decay: EMA of the UNet weights used for sampling; 0 disables it (paper: none).
         grad_clip_norm: Gradient-norm clipping; 0 disables it (paper: none).
         eval_seed: Seed of the test-time noise, so evaluations are repeatable.
-        smoothing_sigma: Extra shared smoothing (base class).
+        postprocess: Smoothing (paper: sigma 4), score rule (max) and ``eval_crop`` (official
+            protocol: score and pixel metrics on the central 224 of a 256 map and mask; the
+            input is not cropped).
         pixel_metrics: Compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(sigma=4.0, score="max")
 
     def __init__(
         self,
@@ -117,24 +116,20 @@ class DDADModule(AnomalyModule):
         w: float = 3.0,
         v: float = 1.0,
         map_layers: tuple[int, ...] = (1, 2),
-        map_sigma: float = 4.0,
         ratio_images: int = 32,
         ratio_mode: RatioMode = "calibrated",
-        eval_crop: int | None = None,
         da_w: float = 3.0,
         da_lambda: float = 0.1,
         ema_decay: float = 0.0,
         grad_clip_norm: float = 0.0,
         eval_seed: int = 0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
-        if eval_crop is not None and eval_crop < 1:
-            raise ValueError(f"eval_crop must be a positive size or null, got {eval_crop}")
         if not 1 <= num_steps <= t_start <= noise_scheduler.num_train_timesteps:
             raise ValueError(
                 f"need 1 <= num_steps <= t_start <= T ({noise_scheduler.num_train_timesteps}); "
@@ -143,7 +138,7 @@ class DDADModule(AnomalyModule):
         adapting = stage == "domain_adaptation"
         map_layers = tuple(map_layers)  # a plain tuple in hparams (no ListConfig in checkpoints)
         super().__init__(
-            da_optimizer if adapting else optimizer, scheduler, smoothing_sigma, pixel_metrics
+            da_optimizer if adapting else optimizer, scheduler, postprocess, pixel_metrics
         )
         self.save_hyperparameters(
             ignore=[
@@ -153,6 +148,7 @@ class DDADModule(AnomalyModule):
                 "optimizer",
                 "da_optimizer",
                 "scheduler",
+                "postprocess",
             ]
         )
         self.unet = unet.requires_grad_(not adapting)
@@ -232,10 +228,6 @@ class DDADModule(AnomalyModule):
             ratio = self.pixel_ratio
         return combine_distances(d_f, d_p, self.hparams.v, ratio)
 
-    def crop(self, x: Tensor) -> Tensor:
-        """The evaluation crop of a map or mask ``(B, C, H, W)`` (identity without one)."""
-        return center_crop(x, self.hparams.eval_crop) if self.hparams.eval_crop else x
-
     def calibrate_pixel_ratio(self, images: Tensor) -> float:
         """Set ``pixel_ratio = max D_f / max D_p`` over normal images ``(N, 3, H, W)`` in [0, 1].
 
@@ -249,24 +241,10 @@ class DDADModule(AnomalyModule):
         return float(self.pixel_ratio)
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)`` and score ``(B,)`` of images ``(B, 3, H, W)`` in [0, 1]."""
+        """Raw map ``(B, 1, H, W)`` of images ``(B, 3, H, W)`` in [0, 1]; the reconstruction."""
         generator = torch.Generator(device=images.device).manual_seed(self.hparams.eval_seed)
         x0 = self.reconstruct(images, images, self.hparams.w, generator)
-        anomaly_map = gaussian_smooth(self.anomaly_map(images, x0), self.hparams.map_sigma)
-        score = max_score(self.crop(anomaly_map))  # inside the evaluation crop, if any
-        return AnomalyOutput(anomaly_map, score, ((x0 + 1) / 2).clamp(0, 1))
-
-    def _eval_step(self, batch: T.Batch, metrics: AnomalyMetrics) -> dict[str, Any]:
-        """With ``eval_crop``: pixel metrics on the cropped map and mask (official protocol);
-        the returned outputs keep the whole map (sample pictures)."""
-        if not self.hparams.eval_crop:
-            return super()._eval_step(batch, metrics)
-        out = self.evaluate_images(batch[T.IMAGE])
-        anomaly_map = self.crop(out.anomaly_map)
-        self._epoch_range.append(torch.stack((anomaly_map.min(), anomaly_map.max())))
-        mask = self.crop(batch[T.GT_MASK])
-        metrics.update(out.pred_score, batch[T.GT_LABEL], anomaly_map, mask, batch.get(T.HAS_MASK))
-        return out._asdict()
+        return AnomalyOutput(self.anomaly_map(images, x0), None, ((x0 + 1) / 2).clamp(0, 1))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: T.Batch, batch_idx: int) -> Tensor | None:

@@ -131,16 +131,6 @@ def combine_distances(
     return d_f + v * ratio * d_p
 
 
-def center_crop(x: Tensor, size: int) -> Tensor:
-    """Central ``size`` x ``size`` window of ``(B, C, H, W)`` (torchvision ``CenterCrop``'s
-    offsets ``round((H - size) / 2)``): the official evaluation crops map and mask to 224."""
-    height, width = x.shape[-2:]
-    if size > min(height, width):
-        raise ValueError(f"eval_crop={size} is larger than the map ({height}x{width})")
-    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
-    return x[..., top : top + size, left : left + size]
-
-
 def flat_cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     """``1 - cos`` between whole feature maps flattened per sample: ``(B, ...) -> (B,)``."""
     return 1 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)

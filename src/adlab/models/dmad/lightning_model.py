@@ -5,11 +5,14 @@ compression bottleneck (VQ) and the student decoder reconstruct the teacher's ma
 L_rd + L_offset + vq_weight L_vq (``loss.py``).
 
 Detection (official ``test.py``): M = feature discrepancy, mapped back through the inverse warp
-and Gaussian-smoothed; O = composed inverse-field magnitude, smoothed. Both are min-max normalised
-with statistics of normal *training* images (the official code uses the test set), recomputed
-for the current weights before validation, before each checkpoint save and at the end of the
-fit: the score max M_n + w max O_n with the range of the per-image maxima (official "sp" mode),
-the map M_p + w O_p with the range of the pixel values (official "px" mode). See ``README.md``.
+and Gaussian-smoothed; O = composed inverse-field magnitude, smoothed (both with the
+post-processor's sigma; the map is returned raw and smoothed by it, which is the same by
+linearity). The score is the method's own (``postprocess.score=method``). Both are min-max
+normalised with statistics of normal *training* images (the official code uses the test set),
+recomputed for the current weights before validation, before each checkpoint save and at the
+end of the fit: the score max M_n + w max O_n with the range of the per-image maxima (official
+"sp" mode), the map M_p + w O_p with the range of the pixel values (official "px" mode). See
+``README.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from adlab.metrics import AnomalyMetrics
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.dmad.loss import dmad_losses, feature_discrepancy
 from adlab.models.dmad.torch_model import DMADModel
-from adlab.postprocess import gaussian_smooth, max_score
+from adlab.postprocess import PostProcessor, max_score
 from adlab.types import AnomalyOutput
 
 log = logging.getLogger(__name__)
@@ -52,18 +55,21 @@ class DMADModule(AnomalyModule):
         vq_weight: Weight of the VQ loss (official: 1).
         w: Weight of the deformation cue in map and score (official: 0.2 for screw, carpet,
             metal_nut, else 0.05); 0 gives the pure reverse-distillation score.
-        map_sigma: Gaussian smoothing of M' and O in pixels (official: 4 at 256 px).
         calibration_images: Normal training images whose per-image maxima (score) and pixel
             values (map) fix the min-max normalisation at the end of each fit; 0 leaves M' and
             O unnormalised.
         calibration_source: ``train`` (the first training images, which the model has fit) or
             ``val`` (held-out normal images: needs ``dataset.val_split=from_train``).
 
+        postprocess: Smoothing of M' and O (official: sigma 4 at 256 px); the score rule is
+            ``method``: max M_n + w max O_n is not a function of the map M_p + w O_p.
+        pixel_metrics: Compute pixel metrics.
+
     The test also reports ``img_auroc_w0``, the image AUROC of the pure reverse-distillation
     score max M_n (w = 0), next to the combined one.
-        smoothing_sigma: Extra shared smoothing (base class).
-        pixel_metrics: Compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(sigma=4.0, score="method")
 
     def __init__(
         self,
@@ -73,10 +79,9 @@ class DMADModule(AnomalyModule):
         gamma: float = 1.0,
         vq_weight: float = 1.0,
         w: float = 0.05,
-        map_sigma: float = 4.0,
         calibration_images: int = 64,
         calibration_source: Literal["train", "val"] = "train",
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
         if calibration_source not in CALIBRATION_SOURCES:
@@ -84,13 +89,13 @@ class DMADModule(AnomalyModule):
                 f"calibration_source must be one of {CALIBRATION_SOURCES}, got "
                 f"{calibration_source!r}"
             )
-        if w < 0 or map_sigma < 0 or calibration_images < 0:
+        if w < 0 or calibration_images < 0:
             raise ValueError(
-                f"w, map_sigma and calibration_images must be >= 0, got w={w}, "
-                f"map_sigma={map_sigma}, calibration_images={calibration_images}"
+                f"w and calibration_images must be >= 0, got w={w}, "
+                f"calibration_images={calibration_images}"
             )
-        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "postprocess"])
         self.model = model
         # (low M, high M, low O, high O) over normal training images; NaN until calibrated:
         # of the per-image maxima (the score) and of the pixel values (the map).
@@ -102,16 +107,15 @@ class DMADModule(AnomalyModule):
 
     # ------------------------------------------------------------------ detection
     def raw_maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """M' and O, smoothed, unnormalised: two ``(B, 1, H, W)`` for images in [0, 1]."""
+        """M' and O, unsmoothed, unnormalised: two ``(B, 1, H, W)`` for images in [0, 1]."""
         out = self.model(images)
         size = tuple(images.shape[-2:])
         discrepancy = feature_discrepancy(out.teacher, out.student, size)
-        m = gaussian_smooth(out.deformation.inverse_warp(discrepancy), self.hparams.map_sigma)
-        o = gaussian_smooth(out.deformation.inverse_magnitude(), self.hparams.map_sigma)
-        return m, o
+        return out.deformation.inverse_warp(discrepancy), out.deformation.inverse_magnitude()
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)`` = M_p + w O_p and score ``(B,)`` = max M_n + w max O_n.
+        """Raw map ``(B, 1, H, W)`` = M_p + w O_p of the unsmoothed M' and O (the post-processor
+        smooths the sum) and score ``(B,)`` = max M_n + w max O_n of the smoothed ones.
 
         ``_n``: min-max over the per-image maxima of the calibration images (``calibration``);
         ``_p``: over their pixel values (``pixel_calibration``), so that w weighs the two map
@@ -120,10 +124,11 @@ class DMADModule(AnomalyModule):
         fraction of a percent of O's pixel range), and with it w O_n outweighed M_n in the map.
         """
         m, o = self.raw_maps(images)
+        m_s, o_s = self.postprocessor.smooth(m), self.postprocessor.smooth(o)
         low_m, high_m, low_o, high_o = self.calibration
         w = self.hparams.w
-        self._rd_score = max_score(minmax(m, low_m, high_m)).detach()
-        score = self._rd_score + w * max_score(minmax(o, low_o, high_o))
+        self._rd_score = max_score(minmax(m_s, low_m, high_m)).detach()
+        score = self._rd_score + w * max_score(minmax(o_s, low_o, high_o))
         if not torch.isfinite(score).all():
             raise FloatingPointError(f"DMAD produced non-finite scores {score.tolist()}")
         low_m, high_m, low_o, high_o = self.pixel_calibration
@@ -136,7 +141,7 @@ class DMADModule(AnomalyModule):
         ``(N, 3, H, W)`` in [0, 1]; returns ``calibration``."""
         maxima, pixels = [], []
         for chunk in images.split(batch_size):
-            m, o = self.raw_maps(chunk)
+            m, o = (self.postprocessor.smooth(x) for x in self.raw_maps(chunk))
             maxima.append(torch.stack((max_score(m), max_score(o)), dim=1))
             pixels.append(torch.stack((m.amin(), m.amax(), o.amin(), o.amax())))
         stats = torch.cat(maxima)

@@ -4,7 +4,7 @@ Training: normal images (optionally rotated) get simulated anomalies from
 :class:`adlab.synthesis.DraemAnomalySynthesizer`; the reconstructive net restores the clean image
 (L2 + SSIM, eqs. 1-2) and the discriminative net segments the anomaly mask (focal loss, eq. 3).
 Test: anomaly map = softmax probability of the anomaly channel; image score = max of its
-``score_kernel`` x ``score_kernel`` mean-filtered map (eq. 5). See ``README.md`` here.
+21 x 21 mean-filtered map (eq. 5: ``postprocess.score=mean_filtered_max``). See ``README.md`` here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from kornia.filters import box_blur
 from kornia.geometry.transform import rotate
 from torch import Tensor
 from torch.optim import Optimizer
@@ -22,15 +21,9 @@ from adlab import types as T
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.draem.loss import LossVariant, draem_losses
 from adlab.models.draem.torch_model import DraemModel
+from adlab.postprocess import PostProcessor
 from adlab.synthesis import DraemAnomalySynthesizer
 from adlab.types import AnomalyOutput
-
-
-def mean_filter_max(anomaly_map: Tensor, kernel_size: int = 21) -> Tensor:
-    """Image score: max of the ``kernel_size``-box-filtered map (eq. 5), zero padding as
-    ``avg_pool2d(..., padding=k // 2)`` in the official code: ``(B, 1, H, W) -> (B,)``."""
-    smooth = box_blur(anomaly_map, kernel_size, border_type="constant", separable=True)
-    return smooth.flatten(1).amax(dim=1)
 
 
 def rotate_images(
@@ -70,12 +63,14 @@ class DraemModule(AnomalyModule):
         focal_gamma: focal loss gamma.
         loss_variant: ``official`` (default: the official code's zero-padded SSIM with L from the
             reconstruction and smoothed focal loss, as behind the paper's numbers) or ``kornia``.
-        score_kernel: mean-filter size of the image score (paper: 21).
         rotate_prob: probability of rotating a normal training image (official code: 0.3).
         rotate_degrees: rotation range +-degrees (paper: 45; official code: 90).
-        smoothing_sigma: extra shared smoothing (base class), 0 in the paper.
+        postprocess: no smoothing; score ``mean_filtered_max`` with ``kernel_size`` 21 (eq. 5,
+            zero padding as the official ``avg_pool2d(..., padding=k // 2)``).
         pixel_metrics: compute pixel metrics.
     """
+
+    default_postprocess = PostProcessor(score="mean_filtered_max", kernel_size=21)
 
     def __init__(
         self,
@@ -87,16 +82,16 @@ class DraemModule(AnomalyModule):
         ssim_window: int = 11,
         focal_gamma: float = 2.0,
         loss_variant: LossVariant = "official",
-        score_kernel: int = 21,
         rotate_prob: float = 0.3,
         rotate_degrees: float = 45.0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(optimizer, scheduler, smoothing_sigma, pixel_metrics)
+        super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
         if loss_variant not in ("official", "kornia"):
             raise ValueError(f"loss_variant must be 'official' or 'kornia', got {loss_variant!r}")
-        self.save_hyperparameters(ignore=["net", "synthesizer", "optimizer", "scheduler"])
+        ignore = ["net", "synthesizer", "optimizer", "scheduler", "postprocess"]
+        self.save_hyperparameters(ignore=ignore)
         self.net = net
         self.synthesizer = synthesizer
 
@@ -121,8 +116,7 @@ class DraemModule(AnomalyModule):
         return loss
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)``: anomaly probability; score: mean-filtered max; reconstruction."""
+        """Raw map ``(B, 1, H, W)``: anomaly probability; the reconstruction."""
         out = self.net(images)
         anomaly_map = out.logits.softmax(dim=1)[:, 1:]
-        pred_score = mean_filter_max(anomaly_map, self.hparams.score_kernel)
-        return AnomalyOutput(anomaly_map, pred_score, out.reconstruction.clamp(0, 1))
+        return AnomalyOutput(anomaly_map, None, out.reconstruction.clamp(0, 1))

@@ -20,7 +20,7 @@ from adlab import types as T
 from adlab.diffusion import ConditionFn, DiffusionScheduler, UNet, reconstruct
 from adlab.models.base import AnomalyModule
 from adlab.models.pretrained_ddpm.loader import load_pretrained_unet
-from adlab.postprocess import gaussian_smooth, max_score
+from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 
@@ -67,13 +67,13 @@ class PretrainedDDPMModule(AnomalyModule):
         condition_weight: DDAD weight w of :func:`ddad_condition` (0 = unconditioned).
         num_reconstructions: reconstructions with independent noise, averaged before the map.
         map_type: ``l1`` (channel mean of ``|x - x_hat|``) or ``l2`` (of the square), in [-1, 1].
-        map_sigma: Gaussian smoothing of the map before scoring (spec: 4).
         eval_seed: seed of the test-time noise, so evaluations are repeatable.
-        smoothing_sigma: extra shared smoothing (base class).
+        postprocess: smoothing of the map (spec: sigma 4) and the score rule (max).
         pixel_metrics: compute pixel metrics.
     """
 
     requires_training = False
+    default_postprocess = PostProcessor(sigma=4.0, score="max")
 
     def __init__(
         self,
@@ -89,19 +89,18 @@ class PretrainedDDPMModule(AnomalyModule):
         condition_weight: float = 0.0,
         num_reconstructions: int = 1,
         map_type: Literal["l1", "l2"] = "l1",
-        map_sigma: float = 4.0,
         eval_seed: int = 0,
-        smoothing_sigma: float = 0.0,
+        postprocess: PostProcessor | None = None,
         pixel_metrics: bool = True,
     ) -> None:
-        super().__init__(None, None, smoothing_sigma, pixel_metrics)
+        super().__init__(None, None, postprocess, pixel_metrics)
         if not 0 <= t_start <= noise_scheduler.num_train_timesteps:
             raise ValueError(f"t_start must be in 0 .. T, got {t_start}")
         if map_type not in ("l1", "l2"):
             raise ValueError(f"map_type must be 'l1' or 'l2', got {map_type!r}")
         if num_reconstructions < 1:
             raise ValueError(f"num_reconstructions must be >= 1, got {num_reconstructions}")
-        self.save_hyperparameters(ignore=["unet", "noise_scheduler"])
+        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "postprocess"])
         self.unet = load_pretrained_unet(unet, checkpoint, random_init).requires_grad_(False)
         self.noise_scheduler = noise_scheduler
 
@@ -117,7 +116,7 @@ class PretrainedDDPMModule(AnomalyModule):
         )
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
-        """Map ``(B, 1, H, W)``: smoothed pixel distance to the (averaged) reconstruction.
+        """Raw map ``(B, 1, H, W)``: pixel distance to the (averaged) reconstruction.
 
         ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mult) - 1)`` (32 for the
         checkpoint); the checkpoint was trained at 256 px (``dataset.image_size=256``).
@@ -146,8 +145,7 @@ class PretrainedDDPMModule(AnomalyModule):
         error = (x0 - x0_hat).abs()
         if self.hparams.map_type == "l2":
             error = error.square()
-        anomaly_map = gaussian_smooth(error.mean(dim=1, keepdim=True), self.hparams.map_sigma)
-        return AnomalyOutput(anomaly_map, max_score(anomaly_map), (x0_hat + 1) / 2)
+        return AnomalyOutput(error.mean(dim=1, keepdim=True), None, (x0_hat + 1) / 2)
 
     # --------------------------------------------- keep the 2.2 GB weights out of run checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
