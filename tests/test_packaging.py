@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pandas as pd
@@ -92,11 +91,25 @@ def _checkout_copy(dest: Path) -> Path:
     return dest
 
 
-def _fresh_venv(path: Path) -> Path:
-    """A venv without adlab that sees this environment's dependencies (offline, no downloads).
+def _dependency_paths() -> list[str]:
+    """This interpreter's import path without adlab's own source (the dependencies only)."""
+    own = {REPO, REPO / "tests"}
+    return [
+        p
+        for p in sys.path
+        if p
+        and Path(p).is_dir()
+        and Path(p).resolve() not in own
+        and not (Path(p) / "adlab").exists()
+    ]
 
-    A ``.pth`` line puts this environment's site-packages on its path as a plain directory: its
-    packages import, but its own ``.pth`` files (the editable adlab) are not processed.
+
+def _fresh_venv(path: Path) -> Path:
+    """A venv without adlab that sees this interpreter's dependencies (offline, no downloads).
+
+    A ``.pth`` file puts this interpreter's import path, less adlab's source, on the venv's path
+    as plain directories: their packages import, but their own ``.pth`` files (an editable adlab's
+    finder) are not processed.
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
@@ -106,7 +119,7 @@ def _fresh_venv(path: Path) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    (Path(site) / "dev_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (Path(site) / "dev_dependencies.pth").write_text("\n".join(_dependency_paths()) + "\n")
     return python
 
 
@@ -118,6 +131,8 @@ def test_pip_install_outside_the_repo_then_adlab_train_in_an_empty_dir(tmp_path:
     python = _fresh_venv(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k not in ("ADLAB_ROOT", "PYTHONPATH")}
     env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = subprocess.run([str(python), "-c", "import adlab"], cwd=tmp_path, capture_output=True)
+    assert before.returncode != 0, "the fresh venv must not see this checkout's adlab"
     install = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
     install += ["--no-index", "--ignore-installed", "--quiet", str(source)]
     subprocess.run(install, cwd=tmp_path, env=env, check=True, timeout=120)
