@@ -74,6 +74,16 @@ def test_sweep_value_is_the_optimized_test_metric() -> None:
         cli.sweep_value(OmegaConf.create({"optimized_metric": "img_auc"}), results)
 
 
+@pytest.mark.slow  # ~6 s CPU: the run dir's resolver imports torch
+def test_optimized_metric_without_a_test_is_refused_before_training(tmp_path: Path) -> None:
+    env = {**os.environ, "ADLAB_ROOT": str(tmp_path)}
+    command = [sys.executable, "-m", "adlab", "train", "optimized_metric=img_auroc", "test=false"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "optimized_metric=img_auroc is a test result: it needs test=true" in proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before the dataset was built
+
+
 def _checkout_copy(dest: Path) -> Path:
     """The files of this checkout that git tracks or would track (no .venv, outputs, ...)."""
     if not (REPO / ".git").exists() or shutil.which("git") is None:

@@ -144,10 +144,10 @@ def _task(command: str, argv: list[str]) -> Callable[[DictConfig], Any]:
     """The Hydra task function of ``command``; ``argv``: the process's command line."""
 
     def task(cfg: DictConfig) -> Any:
-        sys.argv = list(argv)  # what Lightning's DDP launcher re-runs for ranks 1..
-        quiet_console()
         if command == "train":
             _check_sweep_key(cfg)
+        sys.argv = list(argv)  # what Lightning's DDP launcher re-runs for ranks 1..
+        quiet_console()
         results = import_module(f"adlab.cli.{command}").run(cfg)
         return sweep_value(cfg, results) if command == "train" else None
 
