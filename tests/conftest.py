@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from adlab.data.synthetic import SMOKE_DETECT_SET, SYNTHETIC_CATEGORIES, generate_category
+from adlab.diffusion import UNet
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,23 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             root, category, image_size=32, n_train=16, n_test_good=4, n_test_per_defect=2
         )
     return root
+
+
+# ---------------------------------------------------------------- tiny networks
+def tiny_unet(image_size: int = 16, **flags: Any) -> UNet:
+    """The shared UNet at test size: widths 8 and 16, one ResBlock per level, attention at 8 px
+    (and the middle block), 2 norm groups, 4 channels per head; ``flags`` override any of them
+    (e.g. the pretrained checkpoint's ``use_scale_shift_norm``, ``learn_sigma``)."""
+    tiny = dict(
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        num_head_channels=4,
+        norm_num_groups=2,
+        image_size=image_size,
+    )
+    return UNet(**(tiny | flags))
 
 
 # ---------------------------------------------------------------- Hydra composition for run tests

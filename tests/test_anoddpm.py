@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_unet
 
-from adlab.diffusion import DiffusionScheduler, UNet
+from adlab.diffusion import DiffusionScheduler
 from adlab.models.anoddpm import AnoDDPMModule
 from adlab.synthesis import SimplexNoise
 
 
 def _module(t_start: int, **kwargs: object) -> AnoDDPMModule:
-    unet = UNet(
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        num_heads=2,
-        norm_num_groups=2,
-        image_size=16,
-    )
+    unet = tiny_unet(num_heads=2, num_head_channels=-1)
     scheduler = DiffusionScheduler(20, noise_fn=SimplexNoise(octaves=2, frequency=4))
     return AnoDDPMModule(unet, scheduler, train_t_max=16, t_start=t_start, **kwargs).eval()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, DETECT_GEN, compose_train
+from conftest import CONFIG_DIR, DETECT_GEN, compose_train, tiny_unet
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -15,8 +15,8 @@ from lightning import Trainer
 
 from adlab.backbones import FeatureExtractor
 from adlab.cli import train
-from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
-from adlab.models.ddad import DDADModule, RepeatedNoise, ddad_condition
+from adlab.diffusion import DiffusionScheduler, ddad_condition, reconstruct
+from adlab.models.ddad import DDADModule, RepeatedNoise
 from adlab.postprocess import PostProcessor
 
 SIZE = 32
@@ -24,15 +24,7 @@ SIZE = 32
 
 def _module(stage: str = "diffusion", **kwargs: object) -> DDADModule:
     torch.manual_seed(0)
-    unet = UNet(
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        num_heads=2,
-        norm_num_groups=2,
-        image_size=SIZE,
-    )
+    unet = tiny_unet(SIZE, num_heads=2, num_head_channels=-1)
     extractor = FeatureExtractor("resnet18", (1, 2, 3), weights=None, allow_random_init=True)
     defaults = dict(t_start=10, num_steps=5, eta=1.0, w=1.0, postprocess=PostProcessor(sigma=1.0))
     return DDADModule(
@@ -315,7 +307,9 @@ def test_training_loader_drops_the_last_partial_batch(synthetic_root: Path) -> N
         assert len(dm.train_dataloader()) == batches
 
 
-def test_ema_copy_is_frozen() -> None:
+def test_ema_copy_is_frozen_and_follows_the_unet_in_the_diffusion_stage_only() -> None:
     module = _module(ema_decay=0.999)
     assert module.ema is not None
     assert not any(p.requires_grad for p in module.ema.parameters())
+    assert module.ema_source() is module.unet and module.sampling_unet() is module.ema.module
+    assert _module("domain_adaptation", ema_decay=0.999).ema_source() is None

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_unet
 from torch import Tensor
 
 from adlab.diffusion import (
     DiffusionScheduler,
-    UNet,
     cosine_beta_schedule,
     get_beta_schedule,
     linear_beta_schedule,
@@ -213,15 +213,7 @@ def test_reconstruct_t_start_zero_and_condition_hook() -> None:
 
 def test_reconstruct_with_tiny_unet_and_simplex_noise() -> None:
     torch.manual_seed(0)
-    unet = UNet(
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        num_head_channels=4,
-        norm_num_groups=2,
-        image_size=16,
-    )
+    unet = tiny_unet()
     sched = DiffusionScheduler(100, noise_fn=SimplexNoise(octaves=2, frequency=8))
     x = _rand(2, 3, 16, 16)
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ import torch
 from conftest import compose_train
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
@@ -268,6 +269,16 @@ def test_zero_fields_train_without_nan() -> None:
     assert net.forward_coarse[-2].weight.grad.abs().sum() > 0
 
 
+def _trained(tmp_path: Path, root: Path, overrides: list[str]) -> tuple[DictConfig, Any]:
+    """Train a run of ``overrides``; its config and its data module, set up for fitting."""
+    cfg = compose_train(tmp_path, root, overrides)
+    HydraConfig().set_config(cfg)
+    train.run(cfg)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    return cfg, datamodule
+
+
 def test_each_checkpoint_and_validation_carry_their_own_calibration(
     tmp_path: Path, synthetic_root: Path
 ) -> None:
@@ -277,11 +288,7 @@ def test_each_checkpoint_and_validation_carry_their_own_calibration(
     overrides += ["dataset.val_split=from_test", "dataset.val_fraction=0.5"]
     overrides += ["callbacks.model_checkpoint.save_top_k=-1"]
     overrides += ["callbacks.model_checkpoint.filename='{epoch}'", "logger=none"]
-    cfg = compose_train(tmp_path, synthetic_root, overrides)
-    HydraConfig().set_config(cfg)
-    train.run(cfg)
-    datamodule = instantiate(cfg.dataset)
-    datamodule.setup("fit")
+    cfg, datamodule = _trained(tmp_path, synthetic_root, overrides)
     count = cfg.model.calibration_images
     images = torch.stack([datamodule.train_dataset[i][T.IMAGE] for i in range(count)])
     paths = sorted((tmp_path / "run" / "checkpoints").glob("epoch=*.ckpt"))
@@ -348,11 +355,7 @@ def test_calibration_on_held_out_normal_images_and_w0_score_reported(
     overrides = ["model=dmad", "trainer=smoke", "+smoke=dmad", "trainer.max_epochs=1"]
     overrides += ["dataset.val_split=from_train", "dataset.val_fraction=0.25", "logger=none"]
     overrides += ["model.calibration_source=val", "model.calibration_images=4"]
-    cfg = compose_train(tmp_path, synthetic_root, overrides)
-    HydraConfig().set_config(cfg)
-    train.run(cfg)
-    datamodule = instantiate(cfg.dataset)
-    datamodule.setup("fit")
+    cfg, datamodule = _trained(tmp_path, synthetic_root, overrides)
     held_out = torch.stack([datamodule.val_dataset[i][T.IMAGE] for i in range(4)])
     module, _ = restore(tmp_path / "run" / "checkpoints" / "model.ckpt")
     stored = module.calibration.clone()

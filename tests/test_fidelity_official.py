@@ -274,8 +274,7 @@ def test_anoddpm_unet_matches_official() -> None:
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddad_conditioned_ddim_steps_match_official(eta: float) -> None:
     """Each official step from its stored state, eps and noise: ``ddad_condition`` + DDIM step."""
-    from adlab.diffusion import DiffusionScheduler
-    from adlab.models.ddad import ddad_condition
+    from adlab.diffusion import DiffusionScheduler, ddad_condition
 
     ref = _load("ddad_conditioned_ddim.pt")
     scheduler = DiffusionScheduler(1000, "linear")

@@ -9,19 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, DETECT_GEN, compose_train
+from conftest import CONFIG_DIR, DETECT_GEN, compose_train, tiny_unet
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
-from adlab.models.pretrained_ddpm import (
-    CHECKPOINT_URL,
-    PretrainedDDPMModule,
-    ddad_condition,
-    load_pretrained_unet,
-    state_dict_mismatches,
-)
+from adlab.diffusion import DiffusionScheduler, UNet, ddad_condition, reconstruct
+from adlab.models.pretrained_ddpm import CHECKPOINT_URL, PretrainedDDPMModule, load_pretrained_unet
 from adlab.postprocess import PostProcessor
+from adlab.state_dicts import state_dict_mismatches
 
 FIXTURE = Path(__file__).parent / "fixtures" / "guided_diffusion_256_uncond_keys.json"
 
@@ -29,16 +24,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "guided_diffusion_256_uncond_keys
 def _tiny_unet(seed: int) -> UNet:
     """Same flags as the checkpoint, tiny widths; every weight random (no zero-init head)."""
     torch.manual_seed(seed)
-    unet = UNet(
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
+    unet = tiny_unet(
         num_head_channels=8,
         norm_num_groups=4,
         use_scale_shift_norm=True,
         learn_sigma=True,
-        image_size=16,
         flip_sin_to_cos=True,
     )
     with torch.no_grad():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_unet
 from torch import Tensor
 
 from adlab.diffusion import UNET_PRESETS, UNet, timestep_embedding
@@ -38,21 +39,6 @@ def test_paper_parameter_counts(preset: str, expected: int) -> None:
     assert _num_params(model) == expected
 
 
-def _tiny(**kw) -> UNet:
-    cfg = dict(
-        in_channels=3,
-        out_channels=3,
-        model_channels=8,
-        channel_mult=(1, 2),  # widths 8, 16
-        num_res_blocks=1,
-        attention_resolutions=(8,),  # at 8x8 for 16 px input, plus the middle block
-        num_head_channels=4,
-        norm_num_groups=2,
-        image_size=16,
-    )
-    return UNet(**(cfg | kw))
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -63,7 +49,7 @@ def _tiny(**kw) -> UNet:
 )
 def test_tiny_unet_forward_backward(kw: dict) -> None:
     torch.manual_seed(0)
-    model = _tiny(**kw)
+    model = tiny_unet(**kw)
     x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 999])
     raw = model.forward_raw(x_t, t)
     assert raw.shape == (2, 6 if kw.get("learn_sigma") else 3, 16, 16)
@@ -73,11 +59,11 @@ def test_tiny_unet_forward_backward(kw: dict) -> None:
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.out[2].weight.grad.abs().sum() > 0  # zero-init head still learns
-    model.load_state_dict(_tiny(**kw).state_dict(), strict=True)
+    model.load_state_dict(tiny_unet(**kw).state_dict(), strict=True)
 
 
 def test_conv_resampling_uses_guided_diffusion_names() -> None:
-    keys = _tiny(resblock_updown=False).state_dict()
+    keys = tiny_unet(resblock_updown=False).state_dict()
     assert "input_blocks.2.0.op.weight" in keys and "output_blocks.1.2.conv.weight" in keys
 
 

@@ -26,6 +26,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from adlab.state_dicts import state_dict_mismatches
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_HUB = "timm"
@@ -107,11 +109,6 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     return timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
 
 
-def _names(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def check_state_dict(
     state_dict: dict[str, Tensor],
     name: str,
@@ -143,22 +140,7 @@ def check_state_dict(
         for key in (k for k in expected if k.startswith(prefix)):
             if key not in state_dict or state_dict[key].shape != expected[key].shape:
                 state_dict[key] = torch.zeros(expected[key].shape, dtype=expected[key].dtype)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    problems = [
-        f"{what}: {_names(keys)}"
-        for what, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", shapes),
-        )
-        if keys
-    ]
+    problems = state_dict_mismatches(model, {k: v.shape for k, v in state_dict.items()})
     if problems:
         raise ValueError(f"weights do not fit timm model '{name}': " + "; ".join(problems))
     return state_dict

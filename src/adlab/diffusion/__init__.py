@@ -1,6 +1,6 @@
 """Shared diffusion stack: beta schedules, scheduler, UNet and partial-diffusion sampling."""
 
-from adlab.diffusion.sampling import ConditionFn, EpsModel, reconstruct
+from adlab.diffusion.sampling import ConditionFn, EpsModel, ddad_condition, reconstruct
 from adlab.diffusion.scheduler import DiffusionScheduler
 from adlab.diffusion.schedules import (
     BETA_SCHEDULES,
@@ -18,6 +18,7 @@ __all__ = [
     "EpsModel",
     "UNet",
     "cosine_beta_schedule",
+    "ddad_condition",
     "get_beta_schedule",
     "linear_beta_schedule",
     "reconstruct",

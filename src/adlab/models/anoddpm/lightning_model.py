@@ -14,32 +14,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel
 
 from adlab import types as T
 from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
+from adlab.models.averaging import EMAAndClipping, ema_copy
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
 
 
-def ema_with_warmup(decay: float) -> Any:
-    """EMA update with warm-up: ``d_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
-
-    The common DDPM warm-up (TensorFlow ``ExponentialMovingAverage(num_updates=...)``, used by
-    Ho et al.'s code): without it, decay 0.9999 over a few hundred steps leaves the test-time
-    weights ~96 % the initial ones. ``AveragedModel`` copies the weights at ``n = 0``.
-    """
-
-    def multi_avg_fn(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
-        n = float(num_averaged)  # one host sync per step, not one per tensor
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)
-
-    return multi_avg_fn
-
-
-class AnoDDPMModule(AnomalyModule):
+class AnoDDPMModule(EMAAndClipping, AnomalyModule):
     """AnoDDPM behind the one interface.
 
     Args:
@@ -53,7 +37,7 @@ class AnoDDPMModule(AnomalyModule):
         num_steps: network evaluations for ``ddim`` (None: all ``t_start``).
         eta: DDIM stochasticity.
         ema_decay: EMA of the weights used at test time (paper: 0.9999, with the warm-up of
-            ``ema_with_warmup``); 0 disables it. The EMA copy is frozen (no gradients).
+            :func:`~adlab.models.averaging.ema_with_warmup`); 0 disables it.
         grad_clip_norm: gradient-norm clipping (paper: 1.0); 0 disables it.
         eval_seed: seed of the test-time noise, so evaluations are repeatable.
         postprocess: smoothing of the error map (official: sigma 4) and the score rule (max).
@@ -90,10 +74,7 @@ class AnoDDPMModule(AnomalyModule):
         self.save_hyperparameters(ignore=ignore)
         self.unet = unet
         self.noise_scheduler = noise_scheduler
-        self.ema = None
-        if ema_decay > 0:
-            self.ema = AveragedModel(unet, multi_avg_fn=ema_with_warmup(ema_decay))
-            self.ema.requires_grad_(False)
+        self.ema = ema_copy(unet, ema_decay, warmup=True)
 
     def trainable_parameters(self) -> Any:
         return self.unet.parameters()
@@ -108,22 +89,15 @@ class AnoDDPMModule(AnomalyModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.unet)
-
-    def configure_gradient_clipping(
-        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
-    ) -> None:
-        clip = gradient_clip_val or self.hparams.grad_clip_norm
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    def ema_source(self) -> UNet:
+        """The EMA follows the UNet after every training batch."""
+        return self.unet
 
     def predict_anomaly(self, images: Tensor) -> AnomalyOutput:
         """Raw map ``(B, 1, H, W)``: squared error of the partial-diffusion reconstruction."""
         x0 = images * 2 - 1
         generator = torch.Generator(device=images.device).manual_seed(self.hparams.eval_seed)
-        unet = self.ema.module if self.ema is not None else self.unet
+        unet = self.averaged(self.unet)
         x0_hat = reconstruct(
             x0,
             self.hparams.t_start,

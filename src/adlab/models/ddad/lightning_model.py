@@ -28,15 +28,14 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from adlab import types as T
 from adlab.backbones import FeatureExtractor
-from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
+from adlab.diffusion import DiffusionScheduler, UNet, ddad_condition, reconstruct
+from adlab.models.averaging import EMAAndClipping, ema_copy
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.models.ddad.torch_model import (
     combine_distances,
-    ddad_condition,
     domain_adaptation_loss,
     feature_distance,
     pixel_distance,
@@ -62,7 +61,7 @@ def per_image_noise(scheduler: DiffusionScheduler) -> Iterator[None]:
         scheduler.noise_fn = shared
 
 
-class DDADModule(AnomalyModule):
+class DDADModule(EMAAndClipping, AnomalyModule):
     """DDAD behind the one interface.
 
     Args:
@@ -154,10 +153,7 @@ class DDADModule(AnomalyModule):
         self.unet = unet.requires_grad_(not adapting)
         self.noise_scheduler = noise_scheduler
         self.feature_extractor = feature_extractor.set_trainable(adapting)
-        self.ema = None
-        if ema_decay > 0:  # a frozen copy: DDP rejects trainable parameters without gradients
-            self.ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            self.ema.requires_grad_(False)
+        self.ema = ema_copy(unet, ema_decay, warmup=False)
         # max D_f / max D_p over normal training images; NaN until calibrated (per-image ratio).
         self.register_buffer("pixel_ratio", torch.tensor(float("nan")))
         self._calibrated_at = -1  # global step of the last calibration
@@ -176,7 +172,7 @@ class DDADModule(AnomalyModule):
     # ------------------------------------------------------------------ sampling and map
     def sampling_unet(self) -> UNet:
         """The UNet used for reconstructions: the EMA copy if enabled."""
-        return self.ema.module if self.ema is not None else self.unet
+        return self.averaged(self.unet)
 
     def reconstruct(
         self, x: Tensor, y: Tensor, w: float, generator: torch.Generator | None = None
@@ -324,13 +320,6 @@ class DDADModule(AnomalyModule):
         """Calibrate ``pixel_ratio`` for the final weights (a no-op after a save at this step)."""
         self._calibrate_current_weights()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and not self.adapting:
-            self.ema.update_parameters(self.unet)
-
-    def configure_gradient_clipping(
-        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
-    ) -> None:
-        clip = gradient_clip_val or self.hparams.grad_clip_norm
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+    def ema_source(self) -> UNet | None:
+        """The EMA follows the UNet in the diffusion stage (frozen while adapting)."""
+        return None if self.adapting else self.unet

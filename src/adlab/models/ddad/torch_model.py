@@ -2,8 +2,8 @@
 
 Reimplemented from the paper and the official code (github.com/arimousa/DDAD @ 4323a15,
 ``reconstruction.py``, ``anomaly_map.py``, ``feature_extractor.py``; read, not copied). The
-sampler itself is the shared :func:`adlab.diffusion.reconstruct`; DDAD only adds the
-conditioning hook, the map and the domain-adaptation loss defined here.
+sampler and the conditioning hook are shared (:func:`adlab.diffusion.reconstruct`,
+:func:`adlab.diffusion.ddad_condition`); DDAD adds the map and the domain-adaptation loss here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from adlab.diffusion import ConditionFn, DiffusionScheduler
 from adlab.synthesis.noise import NoiseFn, gaussian_noise
 
 
@@ -39,30 +38,6 @@ class RepeatedNoise:
         """Noise ``(B, C, H, W)`` with every sample equal to one draw ``(1, C, H, W)``."""
         one = self.base(like[:1], None if t is None else t[:1], generator)
         return one.expand_as(like).clone()
-
-
-def ddad_condition(y: Tensor, w: float, scheduler: DiffusionScheduler) -> ConditionFn:
-    """DDAD's conditioning of the noise estimate on a target image (paper eq. 8-9).
-
-    ``y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps`` (the target noised with the *predicted*
-    noise, as in the official ``reconstruction.py``) and
-    ``eps_hat = eps - w sqrt(1 - abar_t) (y_t - x_t)``; ``w = 0`` returns ``eps`` unchanged.
-
-    Args:
-        y: ``(B, C, H, W)`` target in [-1, 1] (the test image itself at detection).
-        w: Conditioning weight.
-        scheduler: Provides ``abar_t``.
-
-    Returns:
-        A ``condition(x_t, t, eps, x0_hat) -> eps_hat`` hook for ``reconstruct``.
-    """
-
-    def condition(x_t: Tensor, t: Tensor, eps: Tensor, x0_hat: Tensor) -> Tensor:
-        y_t = scheduler.add_noise(y, eps, t)
-        sqrt_one_minus_abar = rearrange(scheduler.sqrt_one_minus_alphas_cumprod[t], "b -> b 1 1 1")
-        return eps - w * sqrt_one_minus_abar * (y_t - x_t)
-
-    return condition
 
 
 def pixel_distance(x: Tensor, x0: Tensor) -> Tensor:

@@ -1,18 +1,15 @@
 """Training-free reconstruction with OpenAI's pretrained guided-diffusion DDPM."""
 
-from adlab.models.pretrained_ddpm.lightning_model import PretrainedDDPMModule, ddad_condition
+from adlab.models.pretrained_ddpm.lightning_model import PretrainedDDPMModule
 from adlab.models.pretrained_ddpm.loader import (
     CHECKPOINT_URL,
     check_state_dict,
     load_pretrained_unet,
-    state_dict_mismatches,
 )
 
 __all__ = [
     "CHECKPOINT_URL",
     "PretrainedDDPMModule",
     "check_state_dict",
-    "ddad_condition",
     "load_pretrained_unet",
-    "state_dict_mismatches",
 ]

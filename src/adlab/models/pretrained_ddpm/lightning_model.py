@@ -13,39 +13,14 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 from adlab import types as T
-from adlab.diffusion import ConditionFn, DiffusionScheduler, UNet, reconstruct
+from adlab.diffusion import DiffusionScheduler, UNet, ddad_condition, reconstruct
 from adlab.models.base import AnomalyModule
 from adlab.models.pretrained_ddpm.loader import load_pretrained_unet
 from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
-
-
-def ddad_condition(y: Tensor, w: float, scheduler: DiffusionScheduler) -> ConditionFn:
-    """DDAD's conditioning of the noise estimate on a target image (Mousakhan et al. 2023, eq. 8).
-
-    ``y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps`` (the target noised with the *predicted*
-    noise, as in the official ``reconstruction.py``) and
-    ``eps_hat = eps - w sqrt(1 - abar_t) (y_t - x_t)``; ``w = 0`` returns ``eps`` unchanged.
-
-    Args:
-        y: ``(B, C, H, W)`` target in [-1, 1] (here the test image itself).
-        w: conditioning weight.
-        scheduler: provides ``abar_t``.
-
-    Returns:
-        A ``condition(x_t, t, eps, x0_hat) -> eps_hat`` hook for :func:`reconstruct`.
-    """
-
-    def condition(x_t: Tensor, t: Tensor, eps: Tensor, x0_hat: Tensor) -> Tensor:
-        y_t = scheduler.add_noise(y, eps, t)
-        sqrt_one_minus_abar = rearrange(scheduler.sqrt_one_minus_alphas_cumprod[t], "b -> b 1 1 1")
-        return eps - w * sqrt_one_minus_abar * (y_t - x_t)
-
-    return condition
 
 
 class PretrainedDDPMModule(AnomalyModule):

@@ -14,52 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adlab.state_dicts import state_dict_mismatches
+
 CHECKPOINT_URL = (
     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 )
 DEFAULT_LOCATION = "${paths.root_dir}/models/256x256_diffusion_uncond.pt"
-_SHOWN = 5  # keys listed per kind of mismatch
-
-
-def _first(keys: Sequence[str]) -> str:
-    more = f" ... (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
-
-
-def state_dict_mismatches(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> list[str]:
-    """Compare a model's ``state_dict`` layout with ``{key: shape}`` of a checkpoint.
-
-    Reads only keys and shapes, so ``model`` may live on the ``meta`` device.
-
-    Args:
-        model: the network to load into.
-        shapes: key -> shape of every checkpoint entry (e.g. ``{k: v.shape for k, v in sd}``).
-
-    Returns:
-        One human-readable line per kind of problem (missing keys, unexpected keys, shape
-        mismatches), each naming the first few keys; empty if the layouts are identical.
-    """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v) for k, v in shapes.items()}
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [
-        f"{k} {list(found[k])} (model {list(expected[k])})"
-        for k in expected
-        if k in found and found[k] != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_first(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches: {_first(wrong)}")
-    return problems
 
 
 def check_state_dict(model: nn.Module, shapes: Mapping[str, Sequence[int]], source: str) -> None:
-    """Raise if :func:`state_dict_mismatches` finds anything.
+    """Raise if :func:`adlab.state_dicts.state_dict_mismatches` finds anything.
 
     Raises:
         ValueError: naming the missing / unexpected keys and shape mismatches, and the usual
