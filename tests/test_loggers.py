@@ -50,3 +50,4 @@ def test_mlflow_logger_uses_a_local_store_in_the_run_dir(
     for key in ("test/img_auroc", "hp/img_auroc"):
         assert run.data.metrics[key] == pytest.approx(results["img_auroc"]), key
     assert "train/loss" in run.data.metrics and run.data.metrics["hp/train_seconds"] > 0
+    assert list((run_dir / "sample").glob("*.png"))  # no local logger dir: the run dir

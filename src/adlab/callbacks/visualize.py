@@ -116,8 +116,8 @@ class SampleVisualizer(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if self.groups and log_dir is not None:
-            self._draw(trainer, pl_module, Path(log_dir))
+        if self.groups:  # no local logger dir (MLflow on a database): the run dir
+            self._draw(trainer, pl_module, Path(log_dir or trainer.default_root_dir))
 
     @rank_zero_only
     def _draw(self, trainer: Trainer, pl_module: LightningModule, log_dir: Path) -> None:
