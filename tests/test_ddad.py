@@ -198,7 +198,7 @@ def test_domain_adaptation_stage_runs_from_the_saved_checkpoint(
     first = compose_train(tmp_path / "diffusion", detect_root, base, DETECT_GEN)
     HydraConfig().set_config(first)
     train.run(first)
-    ckpt = Path(first.paths.output_dir) / train.FINAL_CKPT
+    ckpt = Path(first.paths.output_dir) / "checkpoints" / "model.ckpt"
     overrides = [*base, "model.stage=domain_adaptation", f"init_from={ckpt}"]
     second = compose_train(
         tmp_path / "da", detect_root, [*overrides, "trainer.max_epochs=2"], DETECT_GEN
@@ -207,7 +207,9 @@ def test_domain_adaptation_stage_runs_from_the_saved_checkpoint(
     results = train.run(second)
     assert results["img_auroc"] >= 0.75, results
     before = torch.load(ckpt, weights_only=False)["state_dict"]
-    after = torch.load(Path(second.paths.output_dir) / train.FINAL_CKPT, weights_only=False)
+    after = torch.load(
+        Path(second.paths.output_dir) / "checkpoints" / "model.ckpt", weights_only=False
+    )
     key = "feature_extractor.model.conv_stem.weight"
     assert not torch.equal(before[key], after["state_dict"][key])
     unet = [k for k in before if k.startswith("unet.")]

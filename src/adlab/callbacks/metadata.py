@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -11,30 +12,43 @@ META_KEY = "adlab_run"
 
 
 class RunMetadata(Callback):
-    """Write the resolved model/dataset configs, names and training time into each checkpoint.
+    """The one owner of a run's facts: configs, names, training time and epochs.
+
+    Writes :attr:`meta` into each checkpoint; the results row (:class:`ResultsCSV`) reads it.
+    ``train_seconds`` (start to end of the fit) and ``epochs`` are measured here; a
+    re-evaluation's ``meta`` carries the stored ones (and ``evaluated_from``).
 
     Args:
         meta: plain-dict metadata: ``model_name``, ``dataset``, ``category``, ``model_cfg``
-            (resolved, with ``_target_``), ``dataset_cfg``.
+            (resolved, with ``_target_``), ``dataset_cfg``, ``config_sha1``.
     """
 
     def __init__(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
         self._t0: float | None = None
-        self._t1: float | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of this run's fit so far (or the stored fit's); NaN without one."""
+        if self._t0 is not None and "train_seconds" not in self.meta:
+            return time.perf_counter() - self._t0
+        return float(self.meta.get("train_seconds", math.nan))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t0 = time.perf_counter()
+        self.meta.pop("train_seconds", None)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._t1 = time.perf_counter()
+        self.meta["train_seconds"] = self.train_seconds
+        self.meta["epochs"] = trainer.current_epoch
 
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if self._t0 is not None:
-            # the final checkpoint is saved after testing: count the fit only
-            end = time.perf_counter() if self._t1 is None else self._t1
-            self.meta["train_seconds"] = end - self._t0
-            self.meta["epochs"] = trainer.current_epoch
-        checkpoint[META_KEY] = self.meta
+        if self._t0 is not None and "epochs" not in self.meta:  # saved while fitting
+            checkpoint[META_KEY] = self.meta | {
+                "train_seconds": self.train_seconds,
+                "epochs": trainer.current_epoch,
+            }
+        else:
+            checkpoint[META_KEY] = dict(self.meta)

@@ -24,8 +24,10 @@ class ResultsCSV(Callback):
 
     The summary ``training_times.md`` next to the shared table is rewritten with it (rank zero).
     A debug run (``trainer.fast_dev_run``) writes nothing. The row names what produced it:
-    ``ckpt_path`` (set by the CLI), ``stage``, ``run_name`` and ``config_sha1`` (of the resolved
-    model and dataset configs, as stored in the checkpoint).
+    ``ckpt_path`` (the evaluated file of a re-evaluation, else the final file of the trainer's
+    :class:`~adlab.callbacks.checkpoint.FinalCheckpoint`), ``stage``, ``run_name`` and
+    ``config_sha1``. The run's facts (``config_sha1``, ``train_seconds``, ``epochs``) are read
+    from its :class:`~adlab.callbacks.metadata.RunMetadata`, their one owner.
 
     Args:
         run_dir: this run's output directory.
@@ -57,18 +59,8 @@ class ResultsCSV(Callback):
             "run_name": str(run_name or ""),
         }
         self.seed = seed
-        self.train_seconds = math.nan
-        self.epochs: int | None = None
-        self.ckpt_path = ""
-        self._t0 = 0.0
         self._test_t0 = 0.0
         self._test_images = 0
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train_seconds = time.perf_counter() - self._t0
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_t0 = time.perf_counter()
@@ -95,20 +87,22 @@ class ResultsCSV(Callback):
         results = {RENAMED.get(k, k): v for k, v in pl_module.test_results.items()}
         results = {k: v for k, v in results.items() if k not in ("map_min", "map_max")}  # scale
         datamodule = trainer.datamodule
-        meta = next((c.meta for c in trainer.callbacks if isinstance(c, RunMetadata)), {})
+        run = next((c for c in trainer.callbacks if isinstance(c, RunMetadata)), None)
+        meta = {} if run is None else run.meta
+        final = getattr(trainer.checkpoint_callback, "final_path", "")
         return {
             **self.key,
             "category_type": getattr(datamodule, "category_type", ""),
             **results,
             "threshold_source": pl_module.threshold_source,
-            "epochs": trainer.current_epoch if self.epochs is None else self.epochs,
+            "epochs": meta.get("epochs", trainer.current_epoch),
             "global_step": trainer.global_step,
-            "train_seconds": self.train_seconds,
+            "train_seconds": math.nan if run is None else run.train_seconds,
             # test wall time per image: inference, post-processing and metric updates
             "test_seconds_per_image": (time.perf_counter() - self._test_t0)
             / max(self._test_images, 1),
             "seed": self.seed,
-            "ckpt_path": self.ckpt_path,
+            "ckpt_path": str(meta.get("evaluated_from") or final),
             "config_sha1": meta.get("config_sha1", ""),
             "run_dir": str(self.run_dir),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +35,6 @@ from adlab.checkpoint import (
 from adlab.results import has_row
 
 log = logging.getLogger(__name__)
-FINAL_CKPT = "checkpoints/model.ckpt"
 # set by Lightning's DDP launcher in the main process (restored after each job)
 CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -167,8 +165,13 @@ def _config_flags(argv: list[str]) -> list[str]:
     return kept
 
 
-def _results_callback(callbacks: list[Callback]) -> ResultsCSV | None:
-    return next((c for c in callbacks if isinstance(c, ResultsCSV)), None)
+def _has_result(callbacks: list[Callback]) -> bool:
+    """``skip_existing``: the configured results table already holds this run's key."""
+    for table in (c for c in callbacks if isinstance(c, ResultsCSV)):
+        if has_row(table.shared_csv, *table.key.values()):
+            log.info("skip_existing: %s already in %s", table.key, table.shared_csv)
+            return True
+    return False
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -181,11 +184,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stored = None if cfg.train else _eval_meta(cfg)
     if stored is not None:
         cfg = stored_run_config(cfg, stored)
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), RunMetadata(_metadata(cfg, stored))]
-    results_cb = _results_callback(callbacks)
-    key = None if results_cb is None else results_cb.key
-    if cfg.get("skip_existing") and key and has_row(results_cb.shared_csv, *key.values()):
-        log.info("skip_existing: %s already in %s", key, results_cb.shared_csv)
+    run_meta = RunMetadata(_metadata(cfg, stored))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), run_meta]
+    if cfg.get("skip_existing") and _has_result(callbacks):
         return {}
     seed_everything(cfg.seed, workers=True)
     datamodule: LightningDataModule = instantiate(cfg.dataset)
@@ -199,7 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ddp_env = _ddp_children_run_this_job()
     try:
         with safe_loading():
-            results = _fit_and_test(cfg, model, datamodule, trainer, results_cb, stored or {})
+            results = _fit_and_test(cfg, model, datamodule, trainer, run_meta)
     except BaseException:
         _end_distributed(ddp_env, barrier=False)  # a failed job must not leave DDP state behind
         raise
@@ -212,13 +213,12 @@ def _fit_and_test(
     model: Any,
     datamodule: LightningDataModule,
     trainer: Trainer,
-    results_cb: ResultsCSV | None,
-    meta: dict[str, Any],
+    run: RunMetadata,
 ) -> dict[str, Any]:
     """Fit (when ``cfg.train``) and test (when ``cfg.test``); return the test results.
 
-    The test writes ``checkpoints/model.ckpt`` with the thresholds (a re-evaluation too, from
-    the evaluated file); a debug run (``trainer.fast_dev_run``) saves nothing.
+    After the test the callbacks write the final checkpoint (``FinalCheckpoint``) and the
+    results row (``ResultsCSV``); a debug run (``trainer.fast_dev_run``) saves nothing.
     """
     if cfg.train and model.requires_training:
         trainer.fit(
@@ -229,23 +229,13 @@ def _fit_and_test(
         )
     elif cfg.train:
         log.info("%s has no training stage: testing directly", type(model).__name__)
-    train_seconds = math.nan if results_cb is None else results_cb.train_seconds
     if not cfg.test:
-        _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, {}, train_seconds))
+        _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, {}, run.train_seconds))
         return {}
-    final = Path(cfg.paths.output_dir) / FINAL_CKPT
-    if results_cb is not None:
-        results_cb.ckpt_path = str(final if cfg.train else cfg.ckpt_path)
-        if not cfg.train:
-            results_cb.train_seconds = meta.get("train_seconds", math.nan)
-            results_cb.epochs = meta.get("epochs")
     trainer.test(model, datamodule=datamodule)
     if trainer.fast_dev_run:
         log.info("debug run (fast_dev_run): no checkpoint and no results row written")
-    else:
-        trainer.save_checkpoint(final, weights_only=False)
-    train_seconds = math.nan if results_cb is None else results_cb.train_seconds
-    _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, model.test_results, train_seconds))
+    _log_hyperparameters(trainer, cfg, _hp_metrics(trainer, model.test_results, run.train_seconds))
     return dict(model.test_results)
 
 
