@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import compose_train
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from adlab.cli import main as cli
+from adlab.cli import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [  # smoke size: seconds on one CPU thread
@@ -82,6 +85,23 @@ def test_optimized_metric_without_a_test_is_refused_before_training(tmp_path: Pa
     assert proc.returncode == 1
     assert "optimized_metric=img_auroc is a test result: it needs test=true" in proc.stderr
     assert not (tmp_path / "data").exists()  # refused before the dataset was built
+
+
+def test_ddp_children_of_adlab_train_keep_the_command(
+    tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a multirun, Lightning's DDP ranks 1.. re-run ``adlab train <this job's overrides>``."""
+    cfg = compose_train(tmp_path, synthetic_root, ["dataset.category=disc"])
+    cfg.hydra.mode = "MULTIRUN"
+    cfg.hydra.overrides.task = ["model=autoencoder", "dataset.category=disc"]
+    HydraConfig().set_config(cfg)
+    monkeypatch.setattr(
+        sys, "argv", ["/venv/bin/adlab", "train", "-m", "dataset.category=weave,disc"]
+    )
+    for name in train.DDP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    train._ddp_children_run_this_job()
+    assert sys.argv == ["/venv/bin/adlab", "train", "model=autoencoder", "dataset.category=disc"]
 
 
 def _checkout_copy(dest: Path) -> Path:
