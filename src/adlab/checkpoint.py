@@ -168,6 +168,14 @@ def _task_overrides(cfg: DictConfig) -> list[str]:
     return list(OmegaConf.select(cfg, "hydra.overrides.task", default=None) or [])
 
 
+def group_choice(cfg: DictConfig, group: str) -> str | None:
+    """The composed choice of a config group (``model``, ``experiment``...), if known."""
+    choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
+    if choice is None and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+    return choice
+
+
 def _apply_override(stored: DictConfig, cfg: DictConfig, text: str) -> None:
     """Copy the composed value of ``group.key`` (or its deletion ``~group.key``) into ``stored``."""
     name = text.split("=", 1)[0]
@@ -199,9 +207,7 @@ def stored_run_config(cfg: DictConfig, meta: dict[str, Any]) -> DictConfig:
     """
     model = OmegaConf.create(meta["model_cfg"])
     dataset = OmegaConf.create(meta["dataset_cfg"])
-    choice = OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None)
-    if choice is None and HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("model")
+    choice = group_choice(cfg, "model")
     for text in _task_overrides(cfg):
         name = text.split("=", 1)[0].lstrip("+~")
         if name == "model" and choice != meta["model_name"]:

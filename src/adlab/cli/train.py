@@ -27,6 +27,7 @@ from adlab.callbacks.metadata import META_KEY, RunMetadata
 from adlab.callbacks.results_csv import ResultsCSV
 from adlab.checkpoint import (
     config_digest,
+    group_choice,
     load_checkpoint,
     restore,
     safe_loading,
@@ -165,6 +166,18 @@ def _config_flags(argv: list[str]) -> list[str]:
     return kept
 
 
+def check_experiment(cfg: DictConfig) -> None:
+    """An experiment's per-category values and protocol belong to one dataset
+    (``experiment_dataset``): refuse another ``dataset=`` before anything is built."""
+    wanted = cfg.get("experiment_dataset")
+    if wanted and cfg.dataset.name != wanted:
+        raise ValueError(
+            f"experiment={group_choice(cfg, 'experiment')} is made for dataset={wanted} (its "
+            f"per-category values and protocol), got dataset={cfg.dataset.name}; use an "
+            f"experiment made for {cfg.dataset.name} or drop the dataset= override"
+        )
+
+
 def _has_result(callbacks: list[Callback]) -> bool:
     """``skip_existing``: the configured results table already holds this run's key."""
     for table in (c for c in callbacks if isinstance(c, ResultsCSV)):
@@ -181,6 +194,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dataset.category=all runs one job per category as a sweep: add -m "
             "(python train.py -m dataset.category=all)"
         )
+    if cfg.train:
+        check_experiment(cfg)
     stored = None if cfg.train else _eval_meta(cfg)
     if stored is not None:
         cfg = stored_run_config(cfg, stored)

@@ -20,6 +20,33 @@ ConditionFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 """``condition(x_t, t, eps, x0_hat) -> eps``: adjusts the predicted noise before each step."""
 
 
+SAMPLERS = ("ddim", "ddpm")
+"""Reverse-step rules of :func:`reconstruct` (``model.sampler``)."""
+
+
+def check_sampler(kind: str, num_steps: int | None, t_start: int) -> None:
+    """Refuse a sampler / step-count combination :func:`reconstruct` cannot run.
+
+    Methods call it when they are built, so a bad ``model.sampler`` / ``model.num_steps`` fails
+    before training, not at the first test batch.
+
+    Raises:
+        ValueError: naming the keys, the values and what is allowed.
+    """
+    if kind not in SAMPLERS:
+        raise ValueError(f"model.sampler={kind!r}: expected one of {', '.join(SAMPLERS)}")
+    if kind == "ddpm" and num_steps not in (None, t_start):
+        raise ValueError(
+            f"model.sampler=ddpm takes every step from model.t_start={t_start}, so "
+            f"model.num_steps must be null or {t_start}, got {num_steps}; for skipped "
+            "ancestral steps use model.sampler=ddim model.eta=1"
+        )
+    if num_steps is not None and not 1 <= num_steps <= max(t_start, 1):
+        raise ValueError(
+            f"model.num_steps={num_steps}: expected null or 1 .. model.t_start ({t_start})"
+        )
+
+
 def ddad_condition(y: Tensor, w: float, scheduler: DiffusionScheduler) -> ConditionFn:
     """DDAD's conditioning of the noise estimate on a target image (Mousakhan et al. 2023,
     eq. 8-9), used by DDAD and optionally by the pretrained DDPM.
@@ -85,11 +112,7 @@ def reconstruct(
     """
     if t_start == 0:
         return x.clone()
-    if kind == "ddpm" and num_steps not in (None, t_start):
-        raise ValueError(
-            f"kind='ddpm' takes every step (num_steps=None or {t_start}), got num_steps="
-            f"{num_steps}; use kind='ddim', eta=1 for skipped ancestral steps"
-        )
+    check_sampler(kind, num_steps, t_start)
     timesteps = scheduler.set_timesteps(num_steps or t_start, t_start).tolist()
     t = torch.full((x.shape[0],), t_start - 1, device=x.device, dtype=torch.long)
     x_t = scheduler.add_noise(x, scheduler.sample_noise(x, t, generator), t)

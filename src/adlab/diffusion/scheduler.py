@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from adlab.diffusion.schedules import get_beta_schedule
 from adlab.synthesis.noise import NoiseFn, gaussian_noise
 
+VARIANCE_TYPES = ("fixed_large", "fixed_small")
+"""Values of ``variance_type`` (the DDPM step's fixed reverse-process variance)."""
+
 
 class DiffusionScheduler(nn.Module):
     """Holds the schedule constants and implements q-sampling and reverse steps.
@@ -44,6 +47,11 @@ class DiffusionScheduler(nn.Module):
         noise_fn: NoiseFn = gaussian_noise,
     ) -> None:
         super().__init__()
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(
+                f"noise_scheduler.variance_type={variance_type!r}: expected one of "
+                f"{', '.join(VARIANCE_TYPES)}"
+            )
         self.num_train_timesteps = num_train_timesteps
         self.variance_type = variance_type
         self.noise_fn = noise_fn

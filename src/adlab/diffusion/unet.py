@@ -200,6 +200,29 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def checked_image_size(image_size: int | Sequence[int], levels: int) -> tuple[int, int]:
+    """``(H, W)`` of an ``image_size`` that a UNet with ``levels`` levels can take.
+
+    Raises:
+        ValueError: not a positive size or ``[H, W]``, or a side that does not divide by
+            ``2 ** (levels - 1)`` (the skip connections would not match), with the nearest
+            sizes that do.
+    """
+    size = (image_size,) * 2 if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"dataset.image_size={image_size!r}: expected a positive size S or [H, W]")
+    factor = 2 ** (levels - 1)
+    for s in size:
+        if s % factor:
+            below, above = s // factor * factor, (s // factor + 1) * factor
+            raise ValueError(
+                f"dataset.image_size={image_size!r}: the UNet (model.unet.channel_mult, "
+                f"{levels} levels) halves its input {levels - 1} times, so every side must be "
+                f"divisible by {factor}; {s} is not (use {below or factor} or {above})"
+            )
+    return size
+
+
 class UNet(nn.Module):
     """Guided-diffusion UNet predicting the noise, ``forward(x_t, t) -> eps``.
 
@@ -225,7 +248,8 @@ class UNet(nn.Module):
         use_scale_shift_norm: FiLM-style timestep conditioning (ADM) instead of a bias.
         resblock_updown: Resample with ResBlocks (BigGAN) instead of conv layers.
         learn_sigma: Add ``out_channels`` outputs for the learned variance (``forward_raw``).
-        image_size: Training resolution; only used to place attention.
+        image_size: Input size, ``S`` or ``(H, W)`` (``dataset.image_size``): each side must
+            divide by ``2 ** (len(channel_mult) - 1)``; the shorter side places the attention.
         flip_sin_to_cos: Timestep-embedding order ``[cos, sin]`` (guided-diffusion) vs
             ``[sin, cos]`` (AnoDDPM, DDAD).
     """
@@ -245,10 +269,11 @@ class UNet(nn.Module):
         use_scale_shift_norm: bool = False,
         resblock_updown: bool = True,
         learn_sigma: bool = False,
-        image_size: int = 256,
+        image_size: int | Sequence[int] = 256,
         flip_sin_to_cos: bool = False,
     ) -> None:
         super().__init__()
+        side = min(checked_image_size(image_size, len(channel_mult)))
         self.out_channels = out_channels
         self.model_channels = model_channels
         self.flip_sin_to_cos = flip_sin_to_cos
@@ -262,7 +287,7 @@ class UNet(nn.Module):
         self._norm_num_groups = norm_num_groups
         self._resblock_updown = resblock_updown
         widths = [int(mult * model_channels) for mult in channel_mult]
-        attention_ds = {image_size // r for r in attention_resolutions}
+        attention_ds = {side // r for r in attention_resolutions}
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, 4 * model_channels),
             nn.SiLU(),

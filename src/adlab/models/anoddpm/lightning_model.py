@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adlab import types as T
-from adlab.diffusion import DiffusionScheduler, UNet, reconstruct
+from adlab.diffusion import DiffusionScheduler, UNet, check_sampler, reconstruct
 from adlab.models.averaging import EMAAndClipping, ema_copy
 from adlab.models.base import AnomalyModule, OptimizerFactory, SchedulerFactory
 from adlab.postprocess import PostProcessor
@@ -64,6 +64,7 @@ class AnoDDPMModule(EMAAndClipping, AnomalyModule):
         pixel_metrics: bool = True,
     ) -> None:
         super().__init__(optimizer, scheduler, postprocess, pixel_metrics)
+        check_sampler(sampler, num_steps, t_start)
         total = noise_scheduler.num_train_timesteps
         if not 0 < train_t_max <= total or not 0 <= t_start <= total:
             raise ValueError(

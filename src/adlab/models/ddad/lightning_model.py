@@ -61,6 +61,16 @@ def per_image_noise(scheduler: DiffusionScheduler) -> Iterator[None]:
         scheduler.noise_fn = shared
 
 
+def _check_map_layers(map_layers: tuple[int, ...], num_maps: int) -> None:
+    """``map_layers`` index the extractor's ``num_maps`` outputs (``out_indices``)."""
+    if not map_layers or not all(0 <= j < num_maps for j in map_layers):
+        raise ValueError(
+            f"model.map_layers={list(map_layers)}: positions in the feature extractor's "
+            f"{num_maps} maps (model.feature_extractor.out_indices); expected a non-empty list "
+            f"of values in 0 .. {num_maps - 1}"
+        )
+
+
 class DDADModule(EMAAndClipping, AnomalyModule):
     """DDAD behind the one interface.
 
@@ -136,6 +146,7 @@ class DDADModule(EMAAndClipping, AnomalyModule):
             )
         adapting = stage == "domain_adaptation"
         map_layers = tuple(map_layers)  # a plain tuple in hparams (no ListConfig in checkpoints)
+        _check_map_layers(map_layers, len(feature_extractor.channels))
         super().__init__(
             da_optimizer if adapting else optimizer, scheduler, postprocess, pixel_metrics
         )

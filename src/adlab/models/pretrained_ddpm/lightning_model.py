@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from adlab import types as T
-from adlab.diffusion import DiffusionScheduler, UNet, ddad_condition, reconstruct
+from adlab.diffusion import DiffusionScheduler, UNet, check_sampler, ddad_condition, reconstruct
 from adlab.models.base import AnomalyModule
 from adlab.models.pretrained_ddpm.loader import load_pretrained_unet
 from adlab.postprocess import PostProcessor
@@ -71,6 +71,7 @@ class PretrainedDDPMModule(AnomalyModule):
         super().__init__(None, None, postprocess, pixel_metrics)
         if not 0 <= t_start <= noise_scheduler.num_train_timesteps:
             raise ValueError(f"t_start must be in 0 .. T, got {t_start}")
+        check_sampler(sampler, num_steps, t_start)
         if map_type not in ("l1", "l2"):
             raise ValueError(f"map_type must be 'l1' or 'l2', got {map_type!r}")
         if num_reconstructions < 1:
