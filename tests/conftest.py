@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from adlab.cli import train
 from adlab.data.synthetic import SMOKE_DETECT_SET, SYNTHETIC_CATEGORIES, generate_category
 from adlab.diffusion import UNet
 
@@ -92,3 +94,18 @@ def compose_train(
         cfg.hydra.job.num = 0
         cfg.hydra.job.id = "0"
     return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_autoencoder(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> dict:
+    """One small AutoEncoder run (smoke sizes, 2 epochs) on the synthetic texture, shared by
+    the tests that need a trained model: ``cfg``, ``results`` (the test metrics), ``tmp``."""
+    tmp = tmp_path_factory.mktemp("ae_run")
+    cfg = compose_train(
+        tmp, synthetic_root, ["model=autoencoder", "trainer=smoke", "+smoke=autoencoder"]
+    )
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 2
+    HydraConfig().set_config(cfg)
+    results = train.run(cfg)
+    return {"cfg": cfg, "results": results, "tmp": tmp}

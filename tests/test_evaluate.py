@@ -11,10 +11,12 @@ import torch
 from conftest import CONFIG_DIR, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
+from adlab.checkpoint import restore
 from adlab.cli import evaluate, train
 from adlab.data.synthetic import render_sample
 from adlab.postprocess import PostProcessor, mask_map
@@ -146,6 +148,16 @@ def _eval_cfg(out: Path, overrides: list[str]):
     return cfg
 
 
+def _check_checkpoint_rows(written: pd.DataFrame) -> None:
+    """epoch=1.ckpt and the final model.ckpt hold the same weights (epoch 1's): same numbers."""
+    steps = written.groupby(written.ckpt_path.map(lambda p: Path(p).stem)).global_step.first()
+    assert steps["epoch=0"] < steps["epoch=1"] == steps["model"]
+    none = written[written.technique == "none"]
+    none = none.set_index(none.ckpt_path.map(lambda p: Path(p).stem))
+    for column in ("img_auc", "pixel_auc", "pixel_aupro", "pixel_f1max", "img_f1max"):
+        assert none.loc["epoch=1", column] == pytest.approx(none.loc["model", column]), column
+
+
 def test_evaluate_every_checkpoint_of_a_run(disc_run: dict, tmp_path: Path) -> None:
     run_dir = disc_run["run_dir"]
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == [
@@ -174,10 +186,7 @@ def test_evaluate_every_checkpoint_of_a_run(disc_run: dict, tmp_path: Path) -> N
         "pixel_auc",
     ]
     assert (written.category == "disc").all()
-    steps = written.groupby(written.ckpt_path.map(lambda p: Path(p).stem)).global_step.first()
-    assert steps["epoch=0"] < steps["epoch=1"] == steps["model"]  # the final save is epoch 1's
-    for column in ("img_auc", "pixel_auc", "pixel_aupro", "pixel_f1max"):
-        assert written[column].between(0, 1).all(), column
+    _check_checkpoint_rows(written)
     # "none" on the final checkpoint reproduces the test run; smoothing changes the maps
     final = written[written.ckpt_path.str.endswith("model.ckpt")].set_index("technique")
     assert final.loc["none", "img_auc"] == pytest.approx(disc_run["results"]["img_auroc"])
@@ -193,16 +202,26 @@ def test_evaluate_foreground_and_registration_on_a_glob(disc_run: dict, tmp_path
     pattern = str(disc_run["run_dir"] / "checkpoints" / "model*.ckpt")
     overrides = [f"ckpt='{pattern}'", "techniques.none=null", "techniques.smoothing=null"]
     overrides += ["techniques.registration.num_iterations=30", "save_maps=true"]
-    table = evaluate.run(_eval_cfg(tmp_path, overrides))
+    cfg = _eval_cfg(tmp_path, overrides)
+    table = evaluate.run(cfg)
     assert list(table.technique) == ["foreground", "registration"]
-    assert table.img_auc.between(0, 1).all() and table.pixel_auc.between(0, 1).all()
-    maps = torch.load(next((tmp_path / "maps").rglob("registration.pt")))
-    assert maps["anomaly_map"].dtype == torch.float16 and maps["anomaly_map"].shape[1:] == (
-        1,
-        32,
-        32,
-    )
     assert not math.isnan(table.pixel_aupro.iloc[0])
+    foreground = torch.load(next((tmp_path / "maps").rglob("foreground.pt")))
+    registered = torch.load(next((tmp_path / "maps").rglob("registration.pt")))
+    assert registered["anomaly_map"].dtype == torch.float16
+    assert registered["anomaly_map"].shape[1:] == (1, 32, 32)
+    # foreground: nothing outside the object mask (estimated as evaluate.py does) is anomalous
+    final = disc_run["run_dir"] / "checkpoints" / "model.ckpt"
+    datamodule = instantiate(OmegaConf.create(restore(final).meta["dataset_cfg"]))
+    datamodule.setup("test")
+    technique = instantiate(cfg.techniques.foreground)
+    technique.fit(datamodule.first_train_images(cfg.max_train_images))
+    outside = (technique.mask == 0).expand_as(foreground["anomaly_map"])
+    assert outside.any() and (foreground["anomaly_map"][outside] == 0).all()
+    # each score is the model's rule (max) on the saved map: map and score agree
+    for maps in (foreground, registered):
+        top = maps["anomaly_map"].float().flatten(1).amax(1)
+        torch.testing.assert_close(maps["pred_score"], top, atol=2e-3, rtol=1e-3)
 
 
 def test_find_checkpoints_errors_name_the_input(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import torch
 from conftest import MODEL_CONFIGS, compose_train
 from hydra.utils import instantiate
 
+from adlab import types as T
+from adlab.checkpoint import restore
 from adlab.models.base import AnomalyModule
 from adlab.postprocess import PostProcessor
 from adlab.types import AnomalyOutput
@@ -30,6 +32,28 @@ def test_predict_anomaly_contract(model: str, tmp_path: Path, synthetic_root: Pa
     post = module.postprocessor
     if post.score != "method":  # a map and its score always agree
         torch.testing.assert_close(out.pred_score, post.score_map(out.anomaly_map))
+
+
+def test_a_trained_model_scores_anomalous_inputs_higher(trained_autoencoder: dict) -> None:
+    """Beyond shapes: the trained smoke autoencoder gives every normal test image a lower score
+    than the same image with a pasted 8 x 8 magenta patch, and its test set's defective images
+    a higher mean score than its normal ones."""
+    cfg = trained_autoencoder["cfg"]
+    module = restore(Path(cfg.paths.output_dir) / "checkpoints" / "model.ckpt").model
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    labels = batch[T.GT_LABEL]
+    assert 0 < int(labels.sum()) < len(labels)
+    normal = batch[T.IMAGE][labels == 0]
+    patched = normal.clone()
+    patched[:, 0, 12:20, 12:20], patched[:, 1, 12:20, 12:20], patched[:, 2, 12:20, 12:20] = 1, 0, 1
+    with torch.no_grad():
+        normal_score = module.evaluate_images(normal).pred_score
+        patched_score = module.evaluate_images(patched).pred_score
+        score = module.evaluate_images(batch[T.IMAGE]).pred_score
+    assert (patched_score > normal_score).all(), (patched_score, normal_score)
+    assert score[labels == 1].mean() > score[labels == 0].mean()
 
 
 class _Fixed(AnomalyModule):

@@ -33,11 +33,20 @@ def test_notebook_runs_a_small_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyP
     client.execute()  # raises CellExecutionError naming the failing cell
     table = pd.read_csv(out / "results.csv")
     assert sorted(table.category) == ["disc", "weave"]
-    assert table.img_auc.between(0, 1).all()
+    for row in table.itertuples():  # the shared table holds each run's own row
+        own = pd.read_csv(Path(row.run_dir) / "results.csv").iloc[0]
+        assert (own.category, own.img_auc) == (row.category, row.img_auc)
     assert (data / "synthetic_smoke" / "weave").is_dir()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) >= 1 + 2 * 2  # the metrics plot and 2 samples per category
     markdown = [o for o in outputs if "text/markdown" in o.get("data", {})]
     assert markdown and "| Avg | weave | disc |" in markdown[0]["data"]["text/markdown"]
+    # the report's paper table: the runs' image AUROC in percent, Avg their mean
+    auc = table.set_index("category").img_auc * 100
+    expected = [(auc["weave"] + auc["disc"]) / 2, auc["weave"], auc["disc"]]
+    lines = markdown[0]["data"]["text/markdown"].splitlines()
+    header = next(i for i, line in enumerate(lines) if "| Avg | weave | disc |" in line)
+    values = [float(v) for v in lines[header + 2].strip(" |").split("|")[1:]]
+    assert values == pytest.approx(expected, abs=0.051)
     assert (out / "report" / "report.html").is_file()

@@ -15,22 +15,8 @@ from omegaconf import open_dict
 from adlab.cli import predict, train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> dict:
-    """One small AutoEncoder run on the synthetic texture, shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("ae_run")
-    cfg = compose_train(
-        tmp, synthetic_root, ["model=autoencoder", "trainer=smoke", "+smoke=autoencoder"]
-    )
-    with open_dict(cfg):
-        cfg.trainer.max_epochs = 2
-    HydraConfig().set_config(cfg)
-    results = train.run(cfg)
-    return {"cfg": cfg, "results": results, "tmp": tmp}
-
-
-def test_run_writes_row_samples_and_checkpoint(trained: dict) -> None:
-    cfg, results = trained["cfg"], trained["results"]
+def test_run_writes_row_samples_and_checkpoint(trained_autoencoder: dict) -> None:
+    cfg, results = trained_autoencoder["cfg"], trained_autoencoder["results"]
     run_dir = Path(cfg.paths.output_dir)
     for key in ("img_auroc", "pixel_auroc", "pixel_aupro", "pixel_f1max", "img_f1max", "pixel_ap"):
         assert 0.0 <= results[key] <= 1.0, key
@@ -60,11 +46,11 @@ def test_run_writes_row_samples_and_checkpoint(trained: dict) -> None:
     assert list(run_dir.glob("lightning_logs/version_*/events.out.tfevents.*"))
 
 
-def test_checkpoint_round_trip_gives_same_numbers(trained: dict) -> None:
-    cfg = trained["cfg"]
+def test_checkpoint_round_trip_gives_same_numbers(trained_autoencoder: dict) -> None:
+    cfg = trained_autoencoder["cfg"]
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "model.ckpt"
     eval_cfg = compose_train(
-        trained["tmp"] / "eval",
+        trained_autoencoder["tmp"] / "eval",
         Path(cfg.dataset.root),
         [
             "model=autoencoder",
@@ -76,14 +62,16 @@ def test_checkpoint_round_trip_gives_same_numbers(trained: dict) -> None:
     )
     HydraConfig().set_config(eval_cfg)
     again = train.run(eval_cfg)
-    for key, value in trained["results"].items():
+    for key, value in trained_autoencoder["results"].items():
         assert again[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
     row = pd.read_csv(eval_cfg.paths.results_csv).iloc[0]
     assert row.epochs == 2 and row.ckpt_path == str(ckpt)
 
 
-def test_eval_needs_matching_model_and_existing_checkpoint(trained: dict, tmp_path: Path) -> None:
-    data = Path(trained["cfg"].dataset.root)
+def test_eval_needs_matching_model_and_existing_checkpoint(
+    trained_autoencoder: dict, tmp_path: Path
+) -> None:
+    data = Path(trained_autoencoder["cfg"].dataset.root)
     cfg = compose_train(tmp_path, data, ["train=false", f"ckpt_path={tmp_path / 'nope.ckpt'}"])
     HydraConfig().set_config(cfg)
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
@@ -94,15 +82,15 @@ def test_eval_needs_matching_model_and_existing_checkpoint(trained: dict, tmp_pa
         train.run(cfg)
 
 
-def test_skip_existing_skips_a_done_category(trained: dict) -> None:
-    cfg = trained["cfg"]
+def test_skip_existing_skips_a_done_category(trained_autoencoder: dict) -> None:
+    cfg = trained_autoencoder["cfg"]
     with open_dict(cfg):
         cfg.skip_existing = True
     assert train.run(cfg) == {}
 
 
-def test_predict_on_a_folder(trained: dict, tmp_path: Path) -> None:
-    cfg = trained["cfg"]
+def test_predict_on_a_folder(trained_autoencoder: dict, tmp_path: Path) -> None:
+    cfg = trained_autoencoder["cfg"]
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "model.ckpt"
     images = sorted((Path(cfg.dataset.root) / "weave" / "test").rglob("*.png"))[:5]
     folder = tmp_path / "new"

@@ -32,6 +32,7 @@ from adlab.backbones import weights_from_checkpoint
 from adlab.callbacks.metadata import META_KEY
 from adlab.models.base import AnomalyModule
 from adlab.postprocess.pipeline import legacy_postprocess
+from adlab.postprocess.tiler import tiler_from_config
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def restore(ckpt_path: str | Path, trust: bool = False) -> Restored:
     """
     ckpt = load_checkpoint(ckpt_path, trust)
     model = build_model(ckpt[META_KEY]["model_cfg"])
+    model.tiler = tiler_from_config(ckpt[META_KEY].get("dataset_cfg", {}))
     model.on_load_checkpoint(ckpt)  # before the weights, as Lightning does (legacy buffers)
     try:
         model.load_state_dict(ckpt["state_dict"])

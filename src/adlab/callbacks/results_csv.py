@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from adlab import types as T
 from adlab.callbacks.metadata import RunMetadata
+from adlab.postprocess.tiler import describe
 from adlab.results import RENAMED, atomic_write_csv, ordered, upsert_rows
 from adlab.training_times import training_times_path, write_training_times
 
@@ -93,6 +94,7 @@ class ResultsCSV(Callback):
         return {
             **self.key,
             "category_type": getattr(datamodule, "category_type", ""),
+            "tiling": describe(getattr(datamodule, "tiling", None)),
             **results,
             "threshold_source": pl_module.threshold_source,
             "epochs": meta.get("epochs", trainer.current_epoch),

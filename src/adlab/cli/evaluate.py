@@ -156,7 +156,7 @@ def _cache_outputs(
     for batch in _batches(datamodule, device):
         images = batch[T.IMAGE]
         if technique is None:
-            out = model.predict_anomaly(images)
+            out = model.raw_output(images)  # stitched tiles with dataset.tiling
         else:
             out = technique.infer(model, images, list(batch[T.IMAGE_PATH]))
         if out.pred_score is not None:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from adlab.data.io import IMAGE_EXTENSIONS, list_images, read_image, read_mask, verify_image
 from adlab.data.memory import InMemoryDataset, collate_batched, memory_mb
+from adlab.postprocess.tiler import Tiler, Tiling
 from adlab.types import DEFECT_TYPE, GT_LABEL, GT_MASK, HAS_MASK, IMAGE, IMAGE_PATH
 
 NORMAL = "good"
@@ -242,6 +243,9 @@ class MVTecLayoutDataModule(LightningDataModule):
             decoded once per run, loaders run in the main process); ``auto``: only when they
             take at most ``in_memory_limit_mb``, else stream from disk; ``false``: stream.
         in_memory_limit_mb: size limit of ``in_memory=auto`` in MiB (float32 image + mask).
+        tiling: train and test on tiles of the ``image_size`` images (``dataset.tiling``,
+            :mod:`adlab.postprocess.tiler`): training batches are cut into tiles after the
+            transfer to the device, and ``setup`` gives the module its :class:`Tiler`.
     """
 
     def __init__(
@@ -262,8 +266,10 @@ class MVTecLayoutDataModule(LightningDataModule):
         drop_last: bool = False,
         in_memory: bool | str = "auto",
         in_memory_limit_mb: float = 4096,
+        tiling: Tiling | None = None,
     ) -> None:
         super().__init__()
+        self.tiling = tiling
         self.drop_last = drop_last
         if in_memory not in IN_MEMORY or in_memory_limit_mb <= 0:
             raise DatasetError(
@@ -315,6 +321,8 @@ class MVTecLayoutDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Scan and check the category folder, then build the datasets (once)."""
+        if self.tiling is not None and self.trainer is not None:
+            self.trainer.lightning_module.tiler = Tiler(self.tiling)
         if self.test_dataset is not None:
             return
         train = self._scan_train()
@@ -509,6 +517,15 @@ class MVTecLayoutDataModule(LightningDataModule):
             drop_last=self.drop_last,
             **self._loader_kwargs(self.train_dataset),
         )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """With ``tiling``, a training batch becomes tiles of its images (seeded by the run's
+        seed and the step, so a resumed run cuts the same tiles)."""
+        trainer = self.trainer
+        if self.tiling is None or trainer is None or not trainer.training:
+            return batch
+        seed = hash((torch.initial_seed(), trainer.current_epoch, trainer.global_step))
+        return self.tiling.train_batch(batch, torch.Generator().manual_seed(seed % 2**63))
 
     def val_dataloader(self) -> DataLoader | list:
         """The validation loader, or an empty list (no validation) when ``val_split=none``."""

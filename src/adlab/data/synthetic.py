@@ -61,6 +61,19 @@ SMOKE_DETECT_SET: dict[str, int] = {
 }
 # Their image-AUROC bar unless configs/smoke/<m>.yaml sets ``smoke_min_img_auroc``.
 SMOKE_DEFAULT_BAR = 0.75
+# The tiling test's set (tests/test_tiler.py, benchmarks/tiling_margin.py): weave_hires generated
+# at 256 px (defects 4-12 px, as at 1024), models at 64 px: resized 4x vs 64 px native tiles, the
+# smoke autoencoder trained for ``epochs`` (tiled: ``tiles_per_image`` random tiles per image and
+# step, so both runs train on as many 64 px inputs).
+HIRES_TILING_SET: dict[str, int] = {
+    "image_size": 256,
+    "n_train": 16,
+    "n_test_good": 8,
+    "n_test_per_defect": 4,
+    "model_size": 64,
+    "epochs": 20,
+    "tiles_per_image": 1,
+}
 # Bump when the rendering changes, so stale folders are reported instead of silently reused.
 GENERATOR_VERSION = 1
 

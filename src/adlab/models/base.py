@@ -17,6 +17,7 @@ from torch import nn
 from adlab import types as T
 from adlab.metrics import AnomalyMetrics
 from adlab.postprocess import PostProcessor
+from adlab.postprocess.tiler import Tiler
 from adlab.types import AnomalyOutput
 
 THRESHOLD_SOURCES = ("none", "test", "validation")
@@ -64,6 +65,7 @@ class AnomalyModule(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.postprocessor = self.default_postprocess if postprocess is None else postprocess
+        self.tiler: Tiler | None = None
         self.val_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
         self.test_metrics = AnomalyMetrics(pixel_metrics=pixel_metrics)
         self.register_buffer("thresholds", torch.full((2,), math.nan))
@@ -114,10 +116,15 @@ class AnomalyModule(LightningModule):
         return (p for p in self.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ shared evaluation
+    def raw_output(self, images: torch.Tensor) -> AnomalyOutput:
+        """``predict_anomaly``, or with ``dataset.tiling`` the stitched raw map of its tiles
+        (:class:`~adlab.postprocess.tiler.Tiler`, set by the datamodule and by restore)."""
+        return self.predict_anomaly(images) if self.tiler is None else self.tiler.raw(self, images)
+
     def evaluate_images(self, images: torch.Tensor) -> AnomalyOutput:
-        """``predict_anomaly`` then the method's post-processor at the input size: map ``(B, 1,
+        """:meth:`raw_output` then the method's post-processor at the input size: map ``(B, 1,
         H, W)`` and score ``(B,)`` for images ``(B, 3, H, W)``."""
-        return self.postprocessor(self.predict_anomaly(images), tuple(images.shape[-2:]))
+        return self.postprocessor(self.raw_output(images), tuple(images.shape[-2:]))
 
     def _eval_step(self, batch: T.Batch, metrics: AnomalyMetrics) -> dict[str, Any]:
         """Metrics on the post-processor's evaluation window (``eval_crop``) of map and mask;

@@ -6,6 +6,9 @@
 - :mod:`~adlab.postprocess.registration`: aligning images to a reference normal image (kornia).
 - :mod:`~adlab.postprocess.techniques`: the techniques ``evaluate.py`` compares (they reuse the
   model's :class:`PostProcessor`).
+- :mod:`~adlab.postprocess.tiler`: tiled training and inference at native resolution
+  (``dataset.tiling``): raw tile maps stitched, then this post-processor
+  (``module.raw_output``).
 
 The post-processing API
 -----------------------

@@ -226,7 +226,7 @@ class Registration(InferenceTechnique):
     def infer(self, model: AnomalyModule, images: torch.Tensor, keys: list[str]) -> AnomalyOutput:
         src_homo_dst = self.transforms(images, keys).to(images.device)
         aligned = warp(images, src_homo_dst, padding_mode="reflection")
-        raw = model.predict_anomaly(aligned)
+        raw = model.raw_output(aligned)  # stitched tiles with dataset.tiling
         size = tuple(images.shape[-2:])
         back = warp(
             resize_map(raw.anomaly_map.float(), size),
