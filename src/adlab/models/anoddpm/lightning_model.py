@@ -45,6 +45,7 @@ class AnoDDPMModule(EMAAndClipping, AnomalyModule):
     """
 
     default_postprocess = PostProcessor(sigma=4.0, score="max")
+    fast_path_modules = ("unet",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class AnoGANModule(AnomalyModule):
     """
 
     default_postprocess = PostProcessor(sigma=4.0, score="method")
+    fast_path_modules = ("generator", "discriminator")  # networks FastPath converts / compiles
 
     export_blocker = (
         "its score is a test-time latent search (search_steps Adam steps with gradients through "

@@ -36,6 +36,7 @@ class CNNModule(AnomalyModule):
     """
 
     default_postprocess = PostProcessor(score="method")
+    fast_path_modules = ("net",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,

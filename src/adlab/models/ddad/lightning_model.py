@@ -109,6 +109,7 @@ class DDADModule(EMAAndClipping, AnomalyModule):
     """
 
     default_postprocess = PostProcessor(sigma=4.0, score="max")
+    fast_path_modules = ("unet", "feature_extractor")  # networks FastPath converts / compiles
 
     def __init__(
         self,

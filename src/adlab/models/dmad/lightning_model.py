@@ -70,6 +70,7 @@ class DMADModule(AnomalyModule):
     """
 
     default_postprocess = PostProcessor(sigma=4.0, score="method")
+    fast_path_modules = ("model",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,

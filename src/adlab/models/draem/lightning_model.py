@@ -71,6 +71,7 @@ class DraemModule(AnomalyModule):
     """
 
     default_postprocess = PostProcessor(score="mean_filtered_max", kernel_size=21)
+    fast_path_modules = ("net",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,
