@@ -5,6 +5,7 @@ misses."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 from adlab import types as T
 from adlab.checkpoint import restore
 from adlab.cli import train
-from adlab.data.synthetic import HIRES_TILING_SET, generate_category
+from adlab.data.synthetic import HIRES_TILING_SET, SyntheticDataModule, generate_category
 from adlab.postprocess import PostProcessor
 from adlab.postprocess.tiler import Tiler, Tiling, make_tiling
 from adlab.types import AnomalyOutput
@@ -164,3 +165,24 @@ def test_tiled_autoencoder_finds_defects_the_resized_one_misses(
     with torch.no_grad():
         out = restored.model.evaluate_images(image)
     assert out.anomaly_map.shape == (1, 1, 256, 256)  # maps (and metrics) at native size
+
+
+def test_datamodule_tiles_training_batches_and_hands_the_module_its_tiler(
+    synthetic_root: Path,
+) -> None:
+    tiling = Tiling(tile_size=16, tiles_per_image=2)
+    gen = {"gen_image_size": 32, "n_train": 16, "n_test_good": 4, "n_test_per_defect": 2}
+    dm = SyntheticDataModule(str(synthetic_root), "weave", image_size=32, tiling=tiling, **gen)
+    module = MapIsInput()
+    trainer = {"training": True, "current_epoch": 0, "global_step": 5, "lightning_module": module}
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cpu")), **trainer
+    )
+    dm.setup("fit")
+    assert module.tiler.tiling is tiling
+    batch = next(iter(dm.train_dataloader()))
+    tiles = dm.on_after_batch_transfer(batch, 0)
+    assert tiles[T.IMAGE].shape == (2 * len(batch[T.IMAGE]), 3, 16, 16)
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[T.IMAGE], tiles[T.IMAGE])  # seeded
+    dm.trainer.training = False  # validation / test batches stay whole images
+    assert dm.on_after_batch_transfer(batch, 0)[T.IMAGE].shape[-2:] == (32, 32)
