@@ -23,7 +23,8 @@ one chunk of tiles and the method's activations for it. A 4000x3000 photo at til
 256 (192 tiles): image 144 MB, accumulator + count 192 MB, maps 2 x 48 MB, a 16-tile chunk
 13 MB. Measured with the autoencoder of ``configs/model/autoencoder.yaml`` on CPU
 (``benchmarks/tiling_memory.py``): the peak resident memory grows by 0.49 GB over the loaded model
-and image at ``chunk=8`` and by 2.0 GB at ``chunk=64`` (activations of 64 tiles).
+and image at ``chunk=8``, 0.72 GB at the default ``chunk=16`` (25 s on one CPU thread) and 2.0 GB
+at ``chunk=64`` (activations of 64 tiles).
 """
 
 from __future__ import annotations
