@@ -17,6 +17,7 @@ from adlab.cli import train
 from adlab.diffusion import DiffusionScheduler
 from adlab.models.anoddpm import AnoDDPMModule
 from adlab.models.ddad import DDADModule, RepeatedNoise
+from adlab.models.pretrained_ddpm import PretrainedDDPMModule
 
 
 def _built_error(node: object) -> str:
@@ -108,3 +109,21 @@ def test_experiment_for_another_dataset_is_refused(tmp_path: Path, synthetic_roo
     )
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
     train.check_experiment(compose_train(tmp_path, synthetic_root, ["experiment=ddad_visa"]))
+
+
+def test_pretrained_ddpm_input_size_is_checked_at_construction() -> None:
+    """Its UNet keeps the checkpoint's flags; the images' size (``input_size`` =
+    ``dataset.image_size``) must still pass through its down-sampling."""
+    with pytest.raises(ValueError) as err:
+        PretrainedDDPMModule(
+            lambda: tiny_unet(),
+            DiffusionScheduler(100),
+            t_start=20,
+            num_steps=4,
+            random_init=True,
+            input_size=21,
+        )
+    assert str(err.value) == (
+        "dataset.image_size=21: the UNet (model.unet.channel_mult, 2 levels) halves its input "
+        "1 times, so every side must be divisible by 2; 21 is not (use 20 or 22)"
+    )

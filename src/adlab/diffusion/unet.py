@@ -273,7 +273,8 @@ class UNet(nn.Module):
         flip_sin_to_cos: bool = False,
     ) -> None:
         super().__init__()
-        side = min(checked_image_size(image_size, len(channel_mult)))
+        self.levels = len(channel_mult)  # the input halves levels - 1 times
+        side = min(checked_image_size(image_size, self.levels))
         self.out_channels = out_channels
         self.model_channels = model_channels
         self.flip_sin_to_cos = flip_sin_to_cos

@@ -9,7 +9,7 @@ optionally averaging several reconstructions), and compare: map = channel mean o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from adlab import types as T
 from adlab.diffusion import DiffusionScheduler, UNet, check_sampler, ddad_condition, reconstruct
+from adlab.diffusion.unet import checked_image_size
 from adlab.models.base import AnomalyModule
 from adlab.models.pretrained_ddpm.loader import load_pretrained_unet
 from adlab.postprocess import PostProcessor
@@ -34,6 +35,8 @@ class PretrainedDDPMModule(AnomalyModule):
         checkpoint: path of ``256x256_diffusion_uncond.pt`` (a plain state_dict), or None with
             ``random_init=True``.
         random_init: keep random weights (smoke tests only; scores are meaningless).
+        input_size: the images' size (``dataset.image_size``), checked against the UNet's
+            down-sampling when the module is built; None skips the check.
         t_start: noising depth t0 of ``T`` (spec: 250; sweep 100-400).
         sampler: ``ddim`` (Song et al. 2021) or ``ddpm`` (ancestral, every step from t0).
         num_steps: network evaluations for ``ddim`` (spec: 25); None = all ``t_start``.
@@ -49,7 +52,6 @@ class PretrainedDDPMModule(AnomalyModule):
 
     requires_training = False
     default_postprocess = PostProcessor(sigma=4.0, score="max")
-    fast_path_modules = ("unet",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class PretrainedDDPMModule(AnomalyModule):
         noise_scheduler: DiffusionScheduler,
         checkpoint: str | None = None,
         random_init: bool = False,
+        input_size: int | Sequence[int] | None = None,
         t_start: int = 250,
         sampler: Literal["ddim", "ddpm"] = "ddim",
         num_steps: int | None = 25,
@@ -77,8 +80,10 @@ class PretrainedDDPMModule(AnomalyModule):
             raise ValueError(f"map_type must be 'l1' or 'l2', got {map_type!r}")
         if num_reconstructions < 1:
             raise ValueError(f"num_reconstructions must be >= 1, got {num_reconstructions}")
-        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "postprocess"])
+        self.save_hyperparameters(ignore=["unet", "noise_scheduler", "postprocess", "input_size"])
         self.unet = load_pretrained_unet(unet, checkpoint, random_init).requires_grad_(False)
+        if input_size is not None:
+            checked_image_size(input_size, self.unet.levels)
         self.noise_scheduler = noise_scheduler
 
     def training_step(self, batch: T.Batch, batch_idx: int) -> Tensor:
