@@ -36,6 +36,7 @@ from adlab.data.synthetic import generate_category
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
 MVTEC_BOTTLE = (209, 83)
+EVAL_BATCH = {"anoddpm": 2}  # 250 UNet steps per test batch: two small batches fit the budget
 _FE, _TEACHER = "model.feature_extractor", "model.model.teacher"
 RANDOM_BACKBONES = {
     "ddad": [f"{_FE}.weights=null", f"{_FE}.allow_random_init=true"],
@@ -60,6 +61,7 @@ def paper_config(method: str, out: Path, dry_run: bool) -> Any:
     overrides = [f"experiment={method}_mvtec", "logger=none", *RANDOM_BACKBONES.get(method, [])]
     if dry_run:
         overrides += [f"+smoke={method}", "dataset.image_size=32", "dataset.batch_size=4"]
+        overrides += ["model.postprocess.eval_crop=null"] if method == "ddad" else []
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train.yaml", overrides, return_hydra_config=True)
         synthetic = compose("train.yaml", ["dataset=synthetic"]).dataset
@@ -68,7 +70,8 @@ def paper_config(method: str, out: Path, dry_run: bool) -> Any:
         synthetic.root = str(out / "data")
         synthetic.image_size = synthetic.gen_image_size = size
         synthetic.n_train, synthetic.n_test_good, synthetic.n_test_per_defect = 2 * batch, 8, 4
-        synthetic.batch_size, synthetic.eval_batch_size = batch, min(cfg.dataset.eval_batch_size, 8)
+        synthetic.batch_size = batch
+        synthetic.eval_batch_size = min(cfg.dataset.eval_batch_size, EVAL_BATCH.get(method, 8))
     with open_dict(cfg):
         cfg.dataset = synthetic
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(out / "run")

@@ -2,7 +2,7 @@
 # One GPU check of every method at paper size (issue 16): train / test img/s fp32 vs the fast
 # path (bf16-mixed, TF32, fused Adam, channels_last; COMPILE=1 adds torch.compile), MFU against
 # the GPU's dense bf16 peak, DDAD test s/img at 256 px, projected paper-recipe minutes for MVTec
-# bottle. Each method runs in its own process under PER_METHOD_S seconds (default 55), so the
+# bottle. Each method runs in its own process under PER_METHOD_S seconds (default 60), so the
 # whole script stays under 8 minutes on one H100 / H200 (7 methods + start-up).
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU machine, from the repository root
@@ -12,12 +12,13 @@ set -u
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 METHODS="${METHODS:-ddad autoencoder cnn draem anogan dmad anoddpm}"
-PER_METHOD_S="${PER_METHOD_S:-55}"
+PER_METHOD_S="${PER_METHOD_S:-60}"
 ARGS=()
 [ "${COMPILE:-0}" = 1 ] && ARGS+=(--compile)
 [ "${DRY_RUN:-0}" = 1 ] && ARGS+=(--dry-run)
 [ -n "${PEAK_TFLOPS:-}" ] && ARGS+=(--peak-tflops "$PEAK_TFLOPS")
 OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
 START=$(date +%s)
 if [ "${DRY_RUN:-0}" != 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader

@@ -279,7 +279,10 @@ def _children_cpu() -> float:
 def cmd_make_run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
+    from adlab.data.synthetic import generate_category
+
     tmp = Path(tempfile.mkdtemp(prefix="adlab_makerun_"))
+    generate_category(tmp / "data" / "synthetic", "weave")  # the default set, outside the timing
     trees = {"before": Path(args.before).resolve(), "after": ROOT}
     extra = {"before": args.before_overrides, "after": []}
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
