@@ -101,14 +101,15 @@ class FastPath(Callback):
             torch.backends.cudnn.allow_tf32 = True
         if device.type == "cuda" and self.fused_optimizer:
             self._fuse_optimizer(pl_module)
-        for module in self.modules(pl_module):
-            if id(module) in self._done:
-                continue
+        fresh = [m for m in self.modules(pl_module) if id(m) not in self._done]
+        for module in fresh:
             if self.enabled("channels_last", pl_module):
                 module.to(memory_format=torch.channels_last)
             if self.enabled("compile", pl_module):
                 module.compile(mode=self.compile_mode)
             self._done.add(id(module))
+        if not fresh:  # fit then test: said once, when the networks were converted
+            return
         log.info(
             "fast path for %s: %s",
             type(pl_module).__name__,

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ import torch
 from omegaconf import DictConfig
 
 from adlab.deploy import DeployInfo, OutputWriter, load_batch, output_names, resolve_inputs
+
+if TYPE_CHECKING:
+    from adlab.checkpoint import Restored
 
 log = logging.getLogger(__name__)
 Scorer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -33,6 +37,18 @@ def _device(name: str) -> torch.device:
     if name in ("auto", "gpu"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def restore_model(ckpt_path: str | Path, trust: bool = False) -> Restored:
+    """:func:`adlab.checkpoint.restore` under its earlier name, which scripts outside the
+    package import from here (e.g. ``../shared/findings/dmad_field_probe.py``).
+
+    Returns:
+        ``(model, ckpt)``: the module in eval mode on CPU and the checkpoint dict.
+    """
+    from adlab.checkpoint import restore
+
+    return restore(ckpt_path, trust)
 
 
 def lightning_scorer(cfg: DictConfig) -> tuple[Scorer, DeployInfo]:

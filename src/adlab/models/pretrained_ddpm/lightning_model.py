@@ -52,6 +52,7 @@ class PretrainedDDPMModule(AnomalyModule):
 
     requires_training = False
     default_postprocess = PostProcessor(sigma=4.0, score="max")
+    fast_path_modules = ("unet",)  # networks the FastPath callback converts / compiles
 
     def __init__(
         self,
