@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,34 @@ def tiny_unet(image_size: int = 16, **flags: Any) -> UNet:
 
 # ---------------------------------------------------------------- Hydra composition for run tests
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def run_train_py(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the repository's ``train.py`` in a child at one thread; assert that it succeeded.
+
+    Args:
+        args: Hydra overrides (and flags such as ``-m``).
+        cwd: working directory of the child.
+        env: extra environment variables on top of this process's.
+
+    Returns:
+        The finished process (``stdout``/``stderr`` as text).
+    """
+    child_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(CONFIG_DIR.parent / "train.py"), *args],
+        cwd=cwd,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
 MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 # generator parameters of the fixtures above / below (must match, or the datamodule refuses)
 TINY_GEN = {"gen_image_size": 32, "n_train": 16, "n_test_good": 4, "n_test_per_defect": 2}

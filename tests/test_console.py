@@ -4,16 +4,13 @@ records."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import run_train_py
 
-REPO = Path(__file__).resolve().parents[1]
 HYDRA_LINE = re.compile(r"^\[[^\]]+\]\[(?P<name>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
 LIGHTNING_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR): (?P<msg>.*)$")
 UNWANTED = ("litlogger", "LeafSpec", "Total length of `list`")
@@ -31,25 +28,11 @@ def _messages(output: str) -> list[str]:
 
 @pytest.mark.slow
 def test_training_prints_each_message_once_and_no_advert(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "ADLAB_ROOT": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
     overrides = ["model=autoencoder", "trainer=smoke", "dataset.gen_image_size=32"]
     overrides += ["dataset.image_size=32", "dataset.n_train=16", "dataset.n_test_good=4"]
     overrides += ["dataset.n_test_per_defect=2", "callbacks.sample_visualizer.num_samples=2"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *overrides],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_train_py(overrides, tmp_path, {"ADLAB_ROOT": str(tmp_path)})
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
     messages = _messages(output)
     repeated = {m: n for m, n in Counter(messages).items() if n > 1}
     assert not repeated, f"printed more than once: {repeated}\n{output}"

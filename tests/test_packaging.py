@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_train
+from conftest import compose_train, run_train_py
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -200,12 +200,6 @@ def test_pip_install_outside_the_repo_then_adlab_train_in_an_empty_dir(tmp_path:
 def test_optuna_sweep_maximises_the_optimized_metric(tmp_path: Path) -> None:
     """Two Optuna trials: the best value the sweeper reports is the best run's image AUROC."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    env = {
-        **os.environ,
-        "ADLAB_ROOT": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
     sweep = [
         "-m",
         "hydra/sweeper=optuna",
@@ -214,15 +208,7 @@ def test_optuna_sweep_maximises_the_optimized_metric(tmp_path: Path) -> None:
     ]
     sweep += ["hydra.sweeper.sampler.seed=0", "optimized_metric=img_auroc"]
     sweep += ["model.optimizer.lr=interval(1e-4,1e-2)", "model=autoencoder"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *sweep, *TINY],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = run_train_py([*sweep, *TINY], tmp_path, {"ADLAB_ROOT": str(tmp_path)})
     assert "setup plugin" not in proc.stdout + proc.stderr  # alembic's notes stay quiet
     sweep_dir = next((tmp_path / "outputs" / "multirun").iterdir())
     trials = [pd.read_csv(f).iloc[0] for f in sorted(sweep_dir.glob("*/results.csv"))]

@@ -10,13 +10,12 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CONFIG_DIR, compose_train
+from conftest import CONFIG_DIR, compose_train, run_train_py
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
@@ -27,7 +26,6 @@ from adlab.cli import train
 from adlab.data.synthetic import generate_category
 from adlab.training_times import format_duration, training_times_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
 # 5 + 3 * 2 = 11 weave test images: an odd count, so a padding DDP sampler would repeat one
 GEN = {"gen_image_size": 32, "n_train": 16, "n_test_good": 5, "n_test_per_defect": 2}
 METRICS = {
@@ -66,20 +64,6 @@ def _tiny(data_root: Path, out: Path) -> list[str]:
         "callbacks.rich_progress_bar=null",
         "callbacks.sample_visualizer.num_samples=2",
     ]
-
-
-def _train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 # ---------------------------------------------------------------- dataset.category=all
@@ -165,7 +149,7 @@ def test_ddp_two_cpu_processes_write_one_row_over_the_whole_test_set(
 ) -> None:
     out = tmp_path / "outputs"
     args = [*_tiny(data_root, out), "trainer=ddp_cpu", "trainer.devices=2"]
-    _train_py(args, tmp_path)
+    run_train_py(args, tmp_path)
     shared = pd.read_csv(out / "results.csv")
     assert len(shared) == 1, shared  # rank zero only
     row = shared.iloc[0]
@@ -220,7 +204,7 @@ def test_joblib_sweep_over_all_synthetic_categories(tmp_path: Path, data_root: P
         *_tiny(data_root, out),
         "dataset.category=all",
     ]
-    _train_py(args, tmp_path)
+    run_train_py(args, tmp_path)
     shared = pd.read_csv(out / "results.csv")
     assert sorted(shared.category) == ["disc", "weave"]
     assert shared.train_seconds.gt(0).all() and shared.test_seconds_per_image.gt(0).all()
