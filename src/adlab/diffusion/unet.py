@@ -161,7 +161,7 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x_flat))
         q, k, v = rearrange(
             qkv, "b (heads three d) n -> three b heads n d", heads=self.num_heads, three=3
-        )
+        ).contiguous()  # strided q, k, v send SDPA to its slower math kernel on the CPU
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b (heads d) n")
         return rearrange(x_flat + self.proj_out(out), "b c (h w) -> b c h w", h=x.shape[-2])
 
