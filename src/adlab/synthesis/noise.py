@@ -93,15 +93,20 @@ def random_permutations(n: int, like: Tensor, generator: torch.Generator | None)
     return torch.cat([perm, perm], dim=1)
 
 
-def _gradient_dot(h: Tensor, dx: Tensor, dy: Tensor, dz: Tensor) -> Tensor:
-    """Dot product of offset ``d`` with gradient ``h`` in 0..11 of the 12 cube-edge midpoints.
+# The 12 cube-edge-midpoint gradients of Gustavson (2005), indexed by hash % 12: 0-3
+# ``(+-1, +-1, 0)``, 4-7 ``(+-1, 0, +-1)``, 8-11 ``(0, +-1, +-1)``.
+_GRAD3 = (
+    (1, 1, 0), (-1, 1, 0), (1, -1, 0), (-1, -1, 0),
+    (1, 0, 1), (-1, 0, 1), (1, 0, -1), (-1, 0, -1),
+    (0, 1, 1), (0, -1, 1), (0, 1, -1), (0, -1, -1),
+)  # fmt: skip
 
-    Gradients (Gustavson 2005): 0-3 ``(+-1, +-1, 0)``, 4-7 ``(+-1, 0, +-1)``, 8-11
-    ``(0, +-1, +-1)``; bit 0 flips the first non-zero component, bit 1 the second.
-    """
-    u = torch.where(h < 8, dx, dy)
-    v = torch.where(h < 4, dy, dz)
-    return torch.where(h & 1 == 1, -u, u) + torch.where(h & 2 == 2, -v, v)
+
+def _gradient_tables(perm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-map gradient components ``g[perm[i] % 12]``: three ``(N, 512)`` float tables, so the
+    last hash lookup of a corner yields its gradient directly."""
+    grad = torch.tensor(_GRAD3, dtype=torch.float32, device=perm.device)[perm % 12]
+    return grad[..., 0], grad[..., 1], grad[..., 2]
 
 
 def simplex_noise_3d(x: Tensor, y: Tensor, z: Tensor, perm: Tensor) -> Tensor:
@@ -124,17 +129,25 @@ def simplex_noise_3d(x: Tensor, y: Tensor, z: Tensor, perm: Tensor) -> Tensor:
     x0, y0, z0 = x - i + t, y - j + t, z - k + t
     # Rank the offsets to find which of the 6 tetrahedra holds the point.
     gx, gy, gz = x0 >= y0, y0 >= z0, z0 >= x0
-    second = tuple(c.long() for c in (gx & ~gz, gy & ~gx, gz & ~gy))
-    third = tuple(c.long() for c in (gx | ~gz, gy | ~gx, gz | ~gy))
+    second = (gx & ~gz, gy & ~gx, gz & ~gy)
+    third = (gx | ~gz, gy | ~gx, gz | ~gy)
     ii, jj, kk = (c.long() & 255 for c in (i, j, k))
+    grad_x, grad_y, grad_z = _gradient_tables(perm)
     noise = torch.zeros_like(x)
-    for n, (a, b, c) in enumerate([(0, 0, 0), second, third, (1, 1, 1)]):
-        dx, dy, dz = x0 - a + n * _G3, y0 - b + n * _G3, z0 - c + n * _G3
+    for n, corner in enumerate([None, second, third, True]):
+        if corner is None:  # the cell origin
+            (a, b, c), (fa, fb, fc) = (0, 0, 0), (0.0, 0.0, 0.0)
+        elif corner is True:  # the opposite corner
+            (a, b, c), (fa, fb, fc) = (1, 1, 1), (1.0, 1.0, 1.0)
+        else:
+            a, b, c = (m.long() for m in corner)
+            fa, fb, fc = (m.float() for m in corner)
+        dx, dy, dz = x0 - (fa - n * _G3), y0 - (fb - n * _G3), z0 - (fc - n * _G3)
         h = perm.gather(1, kk + c)
-        h = perm.gather(1, jj + b + h)
-        h = perm.gather(1, ii + a + h) % 12
-        weight = (0.6 - dx * dx - dy * dy - dz * dz).clamp(min=0) ** 4
-        noise += weight * _gradient_dot(h, dx, dy, dz)
+        h = ii + a + perm.gather(1, jj + b + h)
+        weight = (0.6 - dx * dx - dy * dy - dz * dz).clamp_(min=0).square_().square_()
+        dot = grad_x.gather(1, h) * dx + grad_y.gather(1, h) * dy + grad_z.gather(1, h) * dz
+        noise += weight * dot
     return 32.0 * noise
 
 
