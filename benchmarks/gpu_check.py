@@ -101,7 +101,7 @@ def measure(method: str, compile_fast: bool, peak: float, dry_run: bool) -> dict
     rows: dict[str, Any] = {}
     for name, (variant, precision) in variants.items():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        rows[name] = run_variant(cfg, variant, 4, False, accelerator, precision)
+        rows[name] = run_variant(cfg, variant, 4, False, 2, accelerator, precision)
     flops = _flops_per_image(cfg, accelerator)
     train, test = MVTEC_BOTTLE
     for row in rows.values():

@@ -154,11 +154,12 @@ def run_variant(
     variant: str,
     steps: int,
     flops: bool,
+    test_batches: int = 2,
     accelerator: str = "cpu",
     precision: str = "32-true",
 ) -> dict[str, Any]:
-    """Fit ``steps`` batches and test 2 batches with ``VARIANTS[variant]``; images/s without
-    the first batch of each (warm-up, compilation)."""
+    """Fit ``steps`` batches and test ``test_batches`` batches with ``VARIANTS[variant]``;
+    images/s without the first batch of each (warm-up, compilation)."""
     from hydra.utils import instantiate
     from lightning import Trainer, seed_everything
 
@@ -177,7 +178,10 @@ def run_variant(
     out: dict[str, Any] = {"variant": variant}
     if module.requires_training:
         Trainer(max_steps=steps, callbacks=callbacks, **trainer_kw).fit(module, datamodule)
-    Trainer(callbacks=callbacks, limit_test_batches=2, **trainer_kw).test(module, datamodule)
+    if test_batches:
+        Trainer(callbacks=callbacks, limit_test_batches=test_batches, **trainer_kw).test(
+            module, datamodule
+        )
     for stage, rows in timer.times.items():
         rows = rows[1:]  # the first batch pays for warm-up / compilation
         if rows:
@@ -187,16 +191,33 @@ def run_variant(
     return out
 
 
+class StepFlops(L.Callback):
+    """FLOPs of the first training batch only (``on_train_batch_start`` to ``_end``: synthesis,
+    forward, loss, backward, optimizer step), not the fit's setup or end-of-fit calibrations."""
+
+    def __init__(self) -> None:
+        self.counter = FlopCounterMode(display=False)
+        self.images = 0
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, i: int) -> None:
+        if i == 0:
+            self.counter.__enter__()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, out: Any, batch: Any, i: int) -> None:
+        if i == 0:
+            self.counter.__exit__(None, None, None)
+            self.images = len(batch["image"])
+
+
 def _train_flops(module: Any, datamodule: Any, trainer_kw: dict) -> dict[str, Any]:
     """FLOPs per image of one training step (eager) and its dominant op."""
     from lightning import Trainer
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        Trainer(max_steps=1, **trainer_kw).fit(module, datamodule)
-    per_op = {str(k): float(v) for k, v in counter.get_flop_counts()["Global"].items()}
+    step = StepFlops()
+    Trainer(max_steps=1, callbacks=[step], **trainer_kw).fit(module, datamodule)
+    per_op = {str(k): float(v) for k, v in step.counter.get_flop_counts()["Global"].items()}
     return {
-        "train_gflop_per_img": counter.get_total_flops() / datamodule.batch_size / 1e9,
+        "train_gflop_per_img": step.counter.get_total_flops() / step.images / 1e9,
         "dominant_op": dominant_op(per_op),
     }
 
@@ -216,7 +237,8 @@ def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:
         rows: dict[str, dict[str, Any]] = {}
         for round_ in range(args.rounds):
             for variant in args.variants:
-                row = run_variant(cfg, variant, args.steps, flops=round_ == 0 and not rows)
+                first = round_ == 0 and not rows
+                row = run_variant(cfg, variant, args.steps, first, args.test_batches)
                 row["load"] = load()
                 _keep_best(rows, variant, row)
                 print(method, json.dumps(row), flush=True)
@@ -316,6 +338,10 @@ def main() -> None:
     methods.add_argument("--image-size", type=int, default=64)
     methods.add_argument("--steps", type=int, default=6)
     methods.add_argument("--rounds", type=int, default=2)
+    methods.add_argument(
+        "--test-batches", type=int, default=2,
+        help="test batches per variant (0: training only; the paper-size samplers take minutes)",
+    )  # fmt: skip
     methods.add_argument(
         "--smoke", action=argparse.BooleanOptionalAction, default=True,
         help="the methods' smoke sizes (--no-smoke: their default configs)",
