@@ -12,7 +12,6 @@ from matplotlib import cbook
 from PIL import Image
 from safetensors.torch import save_file
 
-from adlab import backbones
 from adlab.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -122,7 +121,7 @@ def test_unreachable_hub_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> Non
     def offline(name: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(backbones.timm, "create_model", offline)
+    monkeypatch.setattr(timm, "create_model", offline)  # backbones imports timm on first use
     with pytest.raises(RuntimeError) as err:
         FeatureExtractor("wide_resnet101_2", weights="timm")
     for hint in ("local state-dict file", OFFLINE, "allow_random_init=true"):

