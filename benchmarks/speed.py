@@ -128,14 +128,18 @@ class BatchTimer(L.Callback):
         self._end("test", batch)
 
 
-def compose(method: str, data_root: Path, out_dir: Path, image_size: int, smoke: bool) -> Any:
-    """``train.yaml`` for ``method`` (at its smoke size if ``smoke``) on synthetic ``weave``."""
+def compose(
+    method: str, data_root: Path, out_dir: Path, image_size: int, smoke: bool, extra: list[str]
+) -> Any:
+    """``train.yaml`` for ``method`` (at its smoke size if ``smoke``, then the ``extra``
+    overrides) on synthetic ``weave``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
     overrides = [f"model={method}", "trainer=smoke", "logger=none"]
     overrides += [f"+smoke={method}"] if smoke else []
+    overrides += extra
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = hydra_compose("train.yaml", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
@@ -233,7 +237,9 @@ def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:
     peaks = measure_peaks()
     results: dict[str, Any] = {"threads": args.threads, "peak_gflops": peaks, "methods": {}}
     for method in args.models:
-        cfg = compose(method, tmp / "data", tmp / method, args.image_size, args.smoke)
+        cfg = compose(
+            method, tmp / "data", tmp / method, args.image_size, args.smoke, args.overrides
+        )
         rows: dict[str, dict[str, Any]] = {}
         for round_ in range(args.rounds):
             for variant in args.variants:
@@ -338,6 +344,10 @@ def main() -> None:
     methods.add_argument("--image-size", type=int, default=64)
     methods.add_argument("--steps", type=int, default=6)
     methods.add_argument("--rounds", type=int, default=2)
+    methods.add_argument(
+        "--overrides", nargs="*", default=[],
+        help="Hydra overrides for every model, e.g. random backbone weights offline",
+    )  # fmt: skip
     methods.add_argument(
         "--test-batches", type=int, default=2,
         help="test batches per variant (0: training only; the paper-size samplers take minutes)",
