@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from side_by_side import alternate, load_by_position, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,10 +91,7 @@ def _adlab_unet(official: torch.nn.Module, args: argparse.Namespace) -> torch.nn
         dropout=0.0, norm_num_groups=32, use_scale_shift_norm=False, resblock_updown=True,
         learn_sigma=False, image_size=size, flip_sin_to_cos=False,
     )  # fmt: skip
-    ours, theirs = unet.state_dict(), official.state_dict()
-    if [v.shape for v in ours.values()] != [v.shape for v in theirs.values()]:
-        raise RuntimeError("adlab and official UNet state_dicts differ in order or shapes")
-    unet.load_state_dict(dict(zip(ours, theirs.values(), strict=True)))
+    load_by_position(unet, official)
     return unet.eval()
 
 
@@ -184,26 +181,13 @@ def main() -> None:
             start = time.perf_counter()
             adlab_unet(x, torch.full((len(x),), 100))
             print("adlab compile seconds", time.perf_counter() - start, flush=True)
-    runs: dict[str, list[dict]] = {"official": [], "adlab": []}
-    for round_ in range(args.rounds):
-        order = ("official", "adlab") if round_ % 2 == 0 else ("adlab", "official")
-        for name in (n for n in order if args.only in (None, n)):
-            if name == "official":
-                row = run_official(diff, official_unet, x, args.t_start)
-            else:
-                row = run_adlab(adlab_unet, scheduler, x, args.t_start)
-            runs[name].append(row)
-            print(name, json.dumps(row), flush=True)
-    best = {k: min(r["seconds"] for r in v) for k, v in runs.items() if v}
-    result = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "unet_max_abs_diff": same_net,
-        "runs": runs,
-        "speedup_adlab_over_official": best["official"] / best["adlab"] if len(best) == 2 else None,
-    }
-    print(json.dumps(result, indent=1))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
+
+    def run(side: str, _: int) -> dict:
+        if side == "official":
+            return run_official(diff, official_unet, x, args.t_start)
+        return run_adlab(adlab_unet, scheduler, x, args.t_start)
+
+    report(args, alternate(run, args.rounds, args.only), {"unet_max_abs_diff": same_net})
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from side_by_side import alternate, load_by_position, report
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,10 +151,7 @@ def _adlab_module(
         ratio_mode="batch",
     )
     module = instantiate(model)
-    ours, theirs = module.unet.state_dict(), official_unet.state_dict()
-    if [v.shape for v in ours.values()] != [v.shape for v in theirs.values()]:
-        raise RuntimeError("adlab and official UNet state_dicts differ in order or shapes")
-    module.unet.load_state_dict(dict(zip(ours, theirs.values(), strict=True)))
+    load_by_position(module.unet, official_unet)
     fe = module.feature_extractor.model
     fe.load_state_dict({k: v for k, v in official_fe.state_dict().items() if k in fe.state_dict()})
     return module.eval()
@@ -293,38 +291,25 @@ def main() -> None:
     print("checks", json.dumps(checks), "agreement", json.dumps(agreement), flush=True)
     eval_batch = OmegaConf.load(ROOT / "configs" / "experiment" / "ddad_mvtec.yaml")
     batch_size = int(eval_batch.dataset.eval_batch_size)
-    runs: dict[str, list[dict]] = {"official": [], "adlab": []}
-    for round_ in range(args.rounds):
-        order = ("official", "adlab") if round_ % 2 == 0 else ("adlab", "official")
-        for name in (n for n in order if args.only in (None, n)):
-            torch.manual_seed(round_)  # the official sampler's i.i.d. noise
-            if name == "official":
-                row = timed(lambda: official_detect(official, unet, fe, cfg, x))
-            else:
-                row = timed(lambda: adlab_detect(module, x, batch_size))
-            runs[name].append(row)
-            print(name, json.dumps(row), flush=True)
-    best = {k: min(r["seconds"] for r in v) for k, v in runs.items() if v}
-    result = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "settings": {
-            "t_start": cfg.model.test_trajectoy_steps,
-            "skip": cfg.model.skip,
-            "eta": cfg.model.eta,
-            "w": cfg.model.w,
-            "v": cfg.model.v,
-            "feature_extractor": cfg.model.feature_extractor,
-            "official_batch": cfg.data.test_batch_size,
-            "adlab_batch": batch_size,
-        },
-        **checks,
-        "agreement_eta0": agreement,
-        "runs": runs,
-        "speedup_adlab_over_official": best["official"] / best["adlab"] if len(best) == 2 else None,
+
+    def run(side: str, round_: int) -> dict[str, float]:
+        torch.manual_seed(round_)  # the official sampler's i.i.d. noise
+        if side == "official":
+            return timed(lambda: official_detect(official, unet, fe, cfg, x))
+        return timed(lambda: adlab_detect(module, x, batch_size))
+
+    settings = {
+        "t_start": cfg.model.test_trajectoy_steps,
+        "skip": cfg.model.skip,
+        "eta": cfg.model.eta,
+        "w": cfg.model.w,
+        "v": cfg.model.v,
+        "feature_extractor": cfg.model.feature_extractor,
+        "official_batch": cfg.data.test_batch_size,
+        "adlab_batch": batch_size,
     }
-    print(json.dumps(result, indent=1))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=1))
+    runs = alternate(run, args.rounds, args.only)
+    report(args, runs, {"settings": settings, **checks, "agreement_eta0": agreement})
 
 
 if __name__ == "__main__":
