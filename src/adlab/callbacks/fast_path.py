@@ -1,8 +1,9 @@
 """Fast-path options in one Lightning callback: channels_last, compile, TF32, fused optimizers.
 
 Each method names its networks in a class attribute ``fast_path_modules`` (attribute names on the
-module, e.g. ``("net",)``) and lists in ``fast_path_auto`` the options measured to pay off for it
-on CPU (``benchmarks/speed.py``, ``benchmarks/RESULTS.md``); ``auto`` turns exactly those on.
+module, e.g. ``("net",)``); ``fast_path_auto`` lists the options measured to pay off on CPU
+(``benchmarks/speed.py``, ``benchmarks/RESULTS.md``; ``AnomalyModule``'s default, channels_last,
+holds for every method), and ``auto`` turns exactly those on.
 The conversions happen in ``setup``, before Lightning moves the module and builds the optimizers:
 
 - ``channels_last``: ``module.to(memory_format=torch.channels_last)``; convolutions then run in

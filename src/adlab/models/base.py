@@ -36,6 +36,9 @@ class AnomalyModule(LightningModule):
             can trace; otherwise what prevents an export (said by ``export.py``).
         default_postprocess: the method's :class:`~adlab.postprocess.PostProcessor` when none is
             given (its config's ``postprocess:`` block normally is).
+        fast_path_auto: the :class:`~adlab.callbacks.fast_path.FastPath` options that ``auto``
+            turns on for the networks the method names in ``fast_path_modules``: channels_last,
+            measured to pay off for every method on CPU (``benchmarks/RESULTS.md``, issue 16).
 
     State that must survive a checkpoint is registered buffers, so no hook can drop it:
     ``thresholds`` ``(2,)`` (image, pixel; NaN until a test or validation epoch set them),
@@ -53,6 +56,7 @@ class AnomalyModule(LightningModule):
     requires_training: ClassVar[bool] = True
     export_blocker: ClassVar[str | None] = None
     default_postprocess: ClassVar[PostProcessor] = PostProcessor()
+    fast_path_auto: ClassVar[tuple[str, ...]] = ("channels_last",)
 
     def __init__(
         self,

@@ -46,7 +46,6 @@ class AnoDDPMModule(EMAAndClipping, AnomalyModule):
 
     default_postprocess = PostProcessor(sigma=4.0, score="max")
     fast_path_modules = ("unet",)  # networks the FastPath callback converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,

@@ -41,7 +41,6 @@ class AnoGANModule(AnomalyModule):
 
     default_postprocess = PostProcessor(sigma=4.0, score="method")
     fast_path_modules = ("generator", "discriminator")  # networks FastPath converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     export_blocker = (
         "its score is a test-time latent search (search_steps Adam steps with gradients through "

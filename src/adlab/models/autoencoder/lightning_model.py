@@ -32,7 +32,6 @@ class AutoEncoderModule(AnomalyModule):
 
     default_postprocess = PostProcessor(sigma=4.0, score="max")
     fast_path_modules = ("net",)  # networks the FastPath callback converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,

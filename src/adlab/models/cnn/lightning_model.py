@@ -37,7 +37,6 @@ class CNNModule(AnomalyModule):
 
     default_postprocess = PostProcessor(score="method")
     fast_path_modules = ("net",)  # networks the FastPath callback converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,

@@ -110,7 +110,6 @@ class DDADModule(EMAAndClipping, AnomalyModule):
 
     default_postprocess = PostProcessor(sigma=4.0, score="max")
     fast_path_modules = ("unet", "feature_extractor")  # networks FastPath converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,

@@ -71,7 +71,6 @@ class DMADModule(AnomalyModule):
 
     default_postprocess = PostProcessor(sigma=4.0, score="method")
     fast_path_modules = ("model",)  # networks the FastPath callback converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,

@@ -72,7 +72,6 @@ class DraemModule(AnomalyModule):
 
     default_postprocess = PostProcessor(score="mean_filtered_max", kernel_size=21)
     fast_path_modules = ("net",)  # networks the FastPath callback converts / compiles
-    fast_path_auto = ("channels_last",)  # measured on CPU: benchmarks/RESULTS.md (issue 16)
 
     def __init__(
         self,
