@@ -133,15 +133,12 @@ def simplex_noise_3d(x: Tensor, y: Tensor, z: Tensor, perm: Tensor) -> Tensor:
     third = (gx | ~gz, gy | ~gx, gz | ~gy)
     ii, jj, kk = (c.long() & 255 for c in (i, j, k))
     grad_x, grad_y, grad_z = _gradient_tables(perm)
+    # The 4 corners: lattice steps as long (hash indices) and float (offsets).
+    corners = [((0, 0, 0), (0.0, 0.0, 0.0))]
+    corners += [(tuple(m.long() for m in c), tuple(m.float() for m in c)) for c in (second, third)]
+    corners += [((1, 1, 1), (1.0, 1.0, 1.0))]
     noise = torch.zeros_like(x)
-    for n, corner in enumerate([None, second, third, True]):
-        if corner is None:  # the cell origin
-            (a, b, c), (fa, fb, fc) = (0, 0, 0), (0.0, 0.0, 0.0)
-        elif corner is True:  # the opposite corner
-            (a, b, c), (fa, fb, fc) = (1, 1, 1), (1.0, 1.0, 1.0)
-        else:
-            a, b, c = (m.long() for m in corner)
-            fa, fb, fc = (m.float() for m in corner)
+    for n, ((a, b, c), (fa, fb, fc)) in enumerate(corners):
         dx, dy, dz = x0 - (fa - n * _G3), y0 - (fb - n * _G3), z0 - (fc - n * _G3)
         h = perm.gather(1, kk + c)
         h = ii + a + perm.gather(1, jj + b + h)
