@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from adlab.callbacks.divergence import DivergenceError
+from adlab.callbacks.fast_path import FastPath
 from adlab.checkpoint import UnsafeCheckpointError, load_checkpoint, restore
 from adlab.cli import train
 from adlab.models.autoencoder import AutoEncoderModule
@@ -155,8 +156,8 @@ def test_ddad_files_saved_while_fitting_hold_their_own_ratio(
     images = torch.stack(_train_images(synthetic_root))
     models = [restore(c).model for c in (ckpt1, stage2 / "checkpoints" / "model.ckpt")]
     for model in models:
-        for name in model.fast_path_modules:  # channels_last, as FastPath (auto) ran the fit
-            getattr(model, name).to(memory_format=torch.channels_last)
+        for net in FastPath.modules(model):  # channels_last, as FastPath (auto) ran the fit
+            net.to(memory_format=torch.channels_last)
         stored = float(model.pixel_ratio)
         assert stored == pytest.approx(model.calibrate_pixel_ratio(images), rel=1e-5)
     assert float(models[0].pixel_ratio) != float(models[1].pixel_ratio)
