@@ -158,14 +158,17 @@ def _adlab_module(
 
 
 def _fast_path(module: Any, channels_last: str) -> None:
-    """What ``callbacks.fast_path`` does in a CPU test run (compile off, as its default)."""
+    """What ``callbacks.fast_path`` does to the network in a CPU test run (compile off, as its
+    default; host memory reuse off: it is process-wide and would speed the official side too)."""
     from adlab.callbacks.fast_path import FastPath
 
     value: bool | str = {"true": True, "false": False}.get(channels_last, channels_last)
     trainer = types.SimpleNamespace(
         strategy=types.SimpleNamespace(root_device=torch.device("cpu")), precision="32-true"
     )
-    FastPath(channels_last=value, compile=False).setup(trainer, module, "test")
+    FastPath(channels_last=value, compile=False, reuse_host_memory=False).setup(
+        trainer, module, "test"
+    )
 
 
 def _imagenet(x: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ Sections (each a sub-command; run from the repository root):
   conv3x3 (64 -> 64 channels, 64 px, batch 16) and a 1024^3 matmul, best of ``--repeats``.
 - ``methods``: per method at its smoke size (``configs/smoke/<m>.yaml``; ``--no-smoke``: the
   default model config), synthetic ``weave`` at ``--image-size``: train and test images/s of
-  each variant (``eager``, ``channels_last``, ``compile``, ``channels_last+compile``: the
+  each variant (``eager``, ``channels_last``, ``channels_last+reuse`` (the defaults: with
+  ``reuse_host_memory``), ``compile``, ``channels_last+compile``: the
   :class:`~adlab.callbacks.fast_path.FastPath` options), measured alternately in rounds (the
   best round kept), with the FLOPs of one training step (``FlopCounterMode``, a multiply-add =
   2) and the utilisation = train FLOP/s over the measured peak of the step's dominant op.
@@ -39,11 +40,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "eager": {"channels_last": False, "compile": False},
-    "channels_last": {"channels_last": True, "compile": False},
-    "compile": {"channels_last": False, "compile": True},
-    "channels_last+compile": {"channels_last": True, "compile": True},
+VARIANTS = {  # reuse_host_memory: off except in "channels_last+reuse" (the default options)
+    "eager": {"channels_last": False, "compile": False, "reuse_host_memory": False},
+    "channels_last": {"channels_last": True, "compile": False, "reuse_host_memory": False},
+    "channels_last+reuse": {"channels_last": True, "compile": False, "reuse_host_memory": True},
+    "compile": {"channels_last": False, "compile": True, "reuse_host_memory": False},
+    "channels_last+compile": {"channels_last": True, "compile": True, "reuse_host_memory": False},
 }
 METHODS = ("autoencoder", "cnn", "draem", "anogan", "anoddpm", "ddad", "dmad", "pretrained_ddpm")
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from adlab import host_memory
 from adlab.callbacks.fast_path import FastPath
 from adlab.models.autoencoder import AutoEncoder, AutoEncoderModule
 
@@ -82,6 +85,58 @@ def test_bad_options_bf16_on_cpu_and_non_module_names_are_refused() -> None:
     module.fast_path_modules = ("ssim_window",)
     with pytest.raises(TypeError, match="names 'ssim_window', which is a int"):
         FastPath().setup(_trainer(), module, "fit")
+    with pytest.raises(ValueError, match="fast_path.reuse_host_memory must be true, false or auto"):
+        FastPath(reuse_host_memory="yes")
+
+
+def test_reuse_host_memory_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto skips a non-glibc process, true refuses it with the option to change."""
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: None)
+    callback = FastPath(channels_last=False)
+    callback.setup(_trainer(), _module(), "fit")
+    assert not callback._keeping_memory
+    with pytest.raises(RuntimeError, match="reuse_host_memory=false"):
+        FastPath(channels_last=False, reuse_host_memory=True).setup(_trainer(), _module(), "fit")
+
+
+FAULTS = """
+import resource, sys, torch
+from adlab import host_memory
+
+def faults(blocks=8):  # allocate, fill and free a 64 MiB tensor `blocks` times
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(blocks):
+        torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+default = faults()
+host_memory.keep_freed_memory(True)
+faults(2)  # the heap grows
+print(default, faults())
+"""
+
+
+@pytest.mark.skipif(not host_memory.available(), reason="tunes glibc malloc (Linux)")
+def test_reuse_host_memory_keeps_freed_blocks() -> None:
+    """glibc maps every 64 MiB block afresh (16 Ki faults each with 4 KiB pages, 32 with 2 MiB
+    ones); kept, the block is reused from the heap. A fresh process: this one's heap depends on
+    the tests before."""
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
+    default, kept = map(int, out.stdout.split())
+    assert kept * 8 < default, (default, kept)
+
+
+def test_reuse_host_memory_from_setup_to_teardown(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: lambda *call: calls.append(call) or 1)
+    callback, module = FastPath(channels_last=False), _module()
+    callback.setup(_trainer(), module, "fit")
+    assert calls == list(host_memory.KEEP.items())
+    for _ in range(2):  # the second teardown has nothing to restore
+        callback.teardown(_trainer(), module, "fit")
+    assert calls[2:] == list(host_memory.GLIBC_DEFAULTS.items())
+    FastPath(channels_last=False, reuse_host_memory=False).setup(_trainer(), module, "fit")
+    assert len(calls) == 4
 
 
 def test_fused_optimizer_only_where_the_class_accepts_it() -> None:

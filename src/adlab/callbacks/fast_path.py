@@ -1,4 +1,5 @@
-"""Fast-path options in one Lightning callback: channels_last, compile, TF32, fused optimizers.
+"""Fast-path options in one Lightning callback: channels_last, compile, host memory reuse, TF32,
+fused optimizers.
 
 Each method names its networks in a class attribute ``fast_path_modules`` (attribute names on the
 module, e.g. ``("net",)``); ``fast_path_auto`` lists the options measured to pay off on CPU
@@ -10,6 +11,9 @@ The conversions happen in ``setup``, before Lightning moves the module and build
   NHWC (oneDNN / cuDNN) and keep that layout through the network.
 - ``compile``: ``nn.Module.compile()`` in place, so parameter names and checkpoints are unchanged;
   the same compiled network serves the training step and the test-time sampler.
+- ``reuse_host_memory``: glibc ``malloc`` keeps freed blocks for the next step instead of giving
+  them back to the kernel (:mod:`adlab.host_memory`), from ``setup`` to ``teardown``; ``auto``:
+  wherever the process runs on glibc.
 - ``tf32`` (CUDA only): TF32 matmuls and convolutions (``torch.backends.*.allow_tf32``).
 - ``fused_optimizer`` (CUDA only): the method's partial optimizer gets ``fused=True`` when its
   class accepts it (Adam, AdamW, SGD).
@@ -28,6 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+
+from adlab import host_memory
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ class FastPath(Callback):
         channels_last: true, false or ``auto`` (on where the method lists it in
             ``fast_path_auto``).
         compile: true, false or ``auto``, as ``channels_last``.
+        reuse_host_memory: true, false or ``auto`` (on where the C library is glibc); true off
+            glibc raises in ``setup``.
         compile_mode: ``torch.compile`` mode (None: default; ``max-autotune`` on a GPU).
         tf32: enable TF32 on CUDA.
         fused_optimizer: ``fused=True`` for the partial optimizer on CUDA.
@@ -58,6 +66,7 @@ class FastPath(Callback):
         channels_last: bool | str = AUTO,
         compile: bool | str = AUTO,
         compile_mode: str | None = None,
+        reuse_host_memory: bool | str = AUTO,
         tf32: bool = True,
         fused_optimizer: bool = True,
     ) -> None:
@@ -66,6 +75,8 @@ class FastPath(Callback):
             "compile": _as_option("compile", compile),
         }
         self.compile_mode = compile_mode
+        self.reuse_host_memory = _as_option("reuse_host_memory", reuse_host_memory)
+        self._keeping_memory = False
         self.tf32, self.fused_optimizer = tf32, fused_optimizer
         self._done: set[int] = set()
 
@@ -97,6 +108,11 @@ class FastPath(Callback):
                 f"trainer.precision={trainer.precision} on a CPU: bf16 convolutions ran at "
                 "0.3 GFLOP/s on this project's CPUs; use 32-true (mixed precision is a GPU option)"
             )
+        if self.reuse_host_memory is True or (
+            self.reuse_host_memory == AUTO and host_memory.available()
+        ):
+            host_memory.keep_freed_memory(True)
+            self._keeping_memory = True
         if device.type == "cuda" and self.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -114,8 +130,14 @@ class FastPath(Callback):
         log.info(
             "fast path for %s: %s",
             type(pl_module).__name__,
-            {o: self.enabled(o, pl_module) for o in OPTIONS},
+            {o: self.enabled(o, pl_module) for o in OPTIONS}
+            | {"reuse_host_memory": self._keeping_memory},
         )
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._keeping_memory:  # glibc's limits again: the heap may shrink after the run
+            host_memory.keep_freed_memory(False)
+            self._keeping_memory = False
 
     @staticmethod
     def _fuse_optimizer(pl_module: L.LightningModule) -> None:
