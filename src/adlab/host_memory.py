@@ -3,14 +3,15 @@
 glibc's ``malloc`` serves large blocks (from 128 KiB, adaptively up to 32 MiB, and always
 above) with ``mmap`` and returns them to the kernel on ``free``; it also gives the free top of
 its heap back once it exceeds ``M_TRIM_THRESHOLD``. A CPU training step allocates and frees the
-same activations and gradients every step, so the kernel page-faults and zeroes them in again
-every step: the ``make run`` autoencoder step (batch 16, 128 px, 32 MiB activations) took
-6.6 M minor page faults and 17 s of system time per run, and 0.32 s per step instead of 0.25 s
-(``benchmarks/RESULTS.md``, "Host memory reuse"). With ``M_MMAP_MAX = 0`` every block comes from
-the heap, and with a 2 GiB trim threshold freed blocks stay there for the next step, which is
-what PyTorch's CPU tuning guide gets from jemalloc / tcmalloc, here without a preloaded library.
-The cost: the process keeps its peak heap until the setting is restored (``make run``: maximum
-resident set 1.32 -> 1.59 GB).
+same activations and gradients every step, so the kernel maps and zeroes them in again every
+step. In ``make run`` (the autoencoder, batch 16 at 128 px: 32 MiB activations) that was 6.2-7.1
+M minor page faults and 16-22 s of system time per run; keeping the blocks made its training
+step 1.28x and the whole run 1.10x faster (2 threads, AMD EPYC; ``benchmarks/RESULTS.md``, "Host
+memory reuse"). With ``M_MMAP_MAX = 0`` every block comes from the heap, and with a 2 GiB trim
+threshold freed blocks stay there for the next step: what CPU tuning guides (PyTorch's, AMD
+ZenDNN's) get by preloading jemalloc or tcmalloc, here without another library. The cost: while
+it is on, the process keeps up to 2 GiB of freed heap instead of returning it (``make run``:
+maximum resident set 1.32 -> 1.45-1.59 GB).
 """
 
 from __future__ import annotations
