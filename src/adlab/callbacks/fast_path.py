@@ -54,9 +54,9 @@ class FastPath(Callback):
         channels_last: true, false or ``auto`` (on where the method lists it in
             ``fast_path_auto``).
         compile: true, false or ``auto``, as ``channels_last``.
+        compile_mode: ``torch.compile`` mode (None: default; ``max-autotune`` on a GPU).
         reuse_host_memory: true, false or ``auto`` (on where the C library is glibc); true off
             glibc raises in ``setup``.
-        compile_mode: ``torch.compile`` mode (None: default; ``max-autotune`` on a GPU).
         tf32: enable TF32 on CUDA.
         fused_optimizer: ``fused=True`` for the partial optimizer on CUDA.
     """
