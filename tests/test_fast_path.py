@@ -100,10 +100,10 @@ def test_reuse_host_memory_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 FAULTS = """
-import resource, sys, torch
+import resource, torch
 from adlab import host_memory
 
-def faults(blocks=8):  # allocate, fill and free a 64 MiB tensor `blocks` times
+def faults(blocks=16):  # allocate, fill and free a 64 MiB tensor `blocks` times
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(blocks):
         torch.ones(16 * 2**20)
@@ -111,7 +111,7 @@ def faults(blocks=8):  # allocate, fill and free a 64 MiB tensor `blocks` times
 
 default = faults()
 host_memory.keep_freed_memory(True)
-faults(2)  # the heap grows
+faults(6)  # the heap grows (one to three times: small Python objects land after a block)
 print(default, faults())
 """
 
@@ -123,7 +123,7 @@ def test_reuse_host_memory_keeps_freed_blocks() -> None:
     the tests before."""
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
     default, kept = map(int, out.stdout.split())
-    assert kept * 8 < default, (default, kept)
+    assert kept * 3 < default, (default, kept)
 
 
 def test_reuse_host_memory_from_setup_to_teardown(monkeypatch: pytest.MonkeyPatch) -> None:
