@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 import time
 import types
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from side_by_side import alternate, load_by_position, report
+from side_by_side import alternate, load_by_position, report, timed_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,16 +103,7 @@ def _scheduler() -> Any:
 
 
 def _summary(x: torch.Tensor, x_hat: torch.Tensor, seconds: float) -> dict[str, float]:
-    residual = x - x_hat
-    return {
-        "seconds": seconds,
-        "s_per_img": seconds / len(x),
-        "residual_mean": residual.mean().item(),
-        "residual_std": residual.std().item(),
-        "x_hat_mean": x_hat.mean().item(),
-        "x_hat_std": x_hat.std().item(),
-        "load": os.getloadavg()[0],
-    }
+    return timed_row(seconds, len(x), residual=x - x_hat, x_hat=x_hat)
 
 
 def run_official(diff: Any, unet: torch.nn.Module, x: torch.Tensor, t_start: int) -> dict:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -65,7 +64,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from side_by_side import alternate, load_by_position, report
+from side_by_side import alternate, load_by_position, report, timed_row
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,17 +220,7 @@ def _agreement(
 
 
 def _outputs(maps: Tensor, scores: Tensor, x_hat: Tensor, seconds: float) -> dict[str, float]:
-    return {
-        "seconds": seconds,
-        "s_per_img": seconds / len(maps),
-        "map_mean": maps.mean().item(),
-        "map_std": maps.std().item(),
-        "score_mean": scores.mean().item(),
-        "score_std": scores.std().item(),
-        "x_hat_mean": x_hat.mean().item(),
-        "x_hat_std": x_hat.std().item(),
-        "load": os.getloadavg()[0],
-    }
+    return timed_row(seconds, len(maps), map=maps, score=scores, x_hat=x_hat)
 
 
 def official_detect(

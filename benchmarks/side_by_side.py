@@ -1,14 +1,16 @@
 """What the side-by-side benchmarks against official code share (``anoddpm_official.py``,
-``ddad_official.py``): weights copied by position, alternating timed rounds, the result."""
+``ddad_official.py``): weights copied by position, a timed round's row, alternating rounds,
+the result."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 SIDES = ("official", "adlab")
 
@@ -20,6 +22,15 @@ def load_by_position(target: nn.Module, source: nn.Module) -> None:
     if [v.shape for v in ours.values()] != [v.shape for v in theirs.values()]:
         raise RuntimeError("adlab and official UNet state_dicts differ in order or shapes")
     target.load_state_dict(dict(zip(ours, theirs.values(), strict=True)))
+
+
+def timed_row(seconds: float, images: int, **outputs: Tensor) -> dict[str, float]:
+    """One round's row: seconds, seconds per image, mean and std of each output (``<name>_mean``,
+    ``<name>_std``, in the order given) and the 1-minute load average."""
+    row = {"seconds": seconds, "s_per_img": seconds / images}
+    for name, value in outputs.items():
+        row |= {f"{name}_mean": value.mean().item(), f"{name}_std": value.std().item()}
+    return row | {"load": os.getloadavg()[0]}
 
 
 def alternate(
